@@ -1,0 +1,68 @@
+"""The 1000 -> 100 -> 10 cascade: merge generated and ANN candidates, pre-rank, rank.
+
+Pure numpy, shared by the PyTorch reference pipeline and the Triton ``recommend`` model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from genrec.ensemble.beam_search import Generated
+
+NOT_GENERATED_RANK = 10_000  # beam rank given to items that only ANN found
+
+
+@dataclass(frozen=True)
+class Candidates:
+    items: np.ndarray  # (n,) int64, unique
+    gen_logprob: np.ndarray  # (n,) float64, filled for ANN-only items (see merge)
+    beam_rank: np.ndarray  # (n,) int64
+    in_gen: np.ndarray  # (n,) bool
+    ann_sim: np.ndarray  # (n,) float64, exact user . item for every candidate
+    in_ann: np.ndarray  # (n,) bool
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    def take(self, idx: np.ndarray) -> "Candidates":
+        return Candidates(self.items[idx], self.gen_logprob[idx], self.beam_rank[idx], self.in_gen[idx], self.ann_sim[idx], self.in_ann[idx])
+
+
+def merge(gen: Generated, ann_items: np.ndarray, user_vec: np.ndarray, item_vecs: np.ndarray, max_candidates: int) -> Candidates:
+    """Union of generated and ANN items, deduplicated, capped at ``max_candidates``.
+
+    All ANN items are kept; generated-only items fill the rest by log-probability. Items only ANN
+    found get a generation log-prob one nat below the lowest generated one (they were outside
+    the beams); every candidate gets its exact similarity to the user vector.
+    """
+    ann_items = np.asarray(ann_items, dtype=np.int64)
+    gen_only = ~np.isin(gen.items, ann_items)
+    room = max(0, max_candidates - ann_items.size)
+    order = np.argsort(-gen.logprob[gen_only], kind="stable")[:room]
+    g_items = gen.items[gen_only][order]
+    items = np.concatenate([ann_items[:max_candidates], g_items])
+    lp = np.full(items.size, np.nan)
+    rank = np.full(items.size, NOT_GENERATED_RANK, dtype=np.int64)
+    sorter = np.argsort(items, kind="stable")
+    at = np.minimum(np.searchsorted(items[sorter], gen.items), items.size - 1) if items.size else np.zeros(0, dtype=np.int64)
+    hit = items[sorter][at] == gen.items if items.size else np.zeros(0, dtype=bool)
+    lp[sorter[at[hit]]], rank[sorter[at[hit]]] = gen.logprob[hit], gen.beam_rank[hit]
+    in_gen = ~np.isnan(lp)
+    floor = (np.nanmin(lp) - 1.0) if in_gen.any() else -1.0
+    lp = np.where(in_gen, lp, floor)
+    sim = item_vecs[items] @ user_vec
+    in_ann = np.zeros(items.size, dtype=bool)
+    in_ann[: min(ann_items.size, max_candidates)] = True
+    return Candidates(items, lp, rank, in_gen, sim.astype(np.float64), in_ann)
+
+
+def prerank_scores(c: Candidates, sim_weight: float) -> np.ndarray:
+    """The cheap vectorised pre-rank: generation log-prob plus weighted embedding similarity."""
+    return c.gen_logprob + sim_weight * c.ann_sim
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first; ties go to the lower index (deterministic)."""
+    return np.argsort(-scores, kind="stable")[:k]

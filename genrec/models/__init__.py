@@ -1,0 +1,1 @@
+"""PyTorch models: RQ-VAE semantic IDs, UGT encoder, MoE decoder, SASRec baseline."""

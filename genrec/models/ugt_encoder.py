@@ -1,0 +1,460 @@
+"""UGT encoder: HSTU-style pointwise attention over typed tokens, with group layer norm.
+
+Token layout for a history of L events (positions 0..2L+1)::
+
+    [USER] [ITEM_0] [ACTION_0] [ITEM_1] [ACTION_1] ... [ITEM_{L-1}] [ACTION_{L-1}] [CTX]
+
+USER carries the user's segment, ITEM the item (content projection + semantic-ID codes + an
+optional ID embedding), ACTION the action type and the device, CTX the request context (device
+and hour). The encoder is causal, so every token's per-layer K/V depends only on its prefix and
+can be cached; CTX is computed per request and never cached. The output at CTX is the user
+embedding (ANN) and the outputs the CTX token can see are the decoder's memory.
+
+Attention (per head): ``a_ij = SiLU(q_i.k_j / sqrt(d_h) + pos_bias + time_bias) * w_ij / sum_j w_ij``
+with no softmax. ``w_ij`` is the number of tokens key j stands for (1 for an exact token, C for
+a compressed block slot), so the division is the pointwise-attention "1/L" scaling and stays
+consistent when old tokens are compressed.
+
+History compression (``EncoderConfig.compression``): a query in block ``b = pos // C`` sees
+- exact keys of blocks ``b-Rb .. b`` (``Rb = recent_tokens // C``),
+- one mean slot per block in ``b-Rb-M .. b-Rb-1`` (``M = slots``),
+- one running-mean summary slot of all older blocks.
+This view depends only on positions, so encoding a history in one go (``forward_dense``) and
+extending a cached state event by event (``extend``) give the same result, and the state a
+returning user needs is bounded by about ``recent_tokens + block_tokens + slots + 1`` keys per
+layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.data.schema import N_ACTIONS, History
+from genrec.settings import EncoderConfig
+
+USER, ITEM, ACTION, CONTEXT = 0, 1, 2, 3
+N_TOKEN_TYPES = 4
+
+
+class GroupLayerNorm(nn.Module):
+    """Layer norm whose scale and shift are chosen by the token's type group."""
+
+    def __init__(self, d: int, n_groups: int = N_TOKEN_TYPES) -> None:
+        super().__init__()
+        self.d = d
+        self.weight = nn.Parameter(torch.ones(n_groups, d))
+        self.bias = nn.Parameter(torch.zeros(n_groups, d))
+
+    def forward(self, x: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.d,)) * self.weight[types] + self.bias[types]
+
+
+def _pos_bucket(d: torch.Tensor, n: int) -> torch.Tensor:
+    d = d.clamp(min=0).floor()
+    return torch.where(d < 1, torch.zeros_like(d), torch.log2(d.clamp(min=1)).floor() + 1).clamp(max=n - 1).long()
+
+
+def _time_bucket(dt_seconds: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.log2(1 + dt_seconds.clamp(min=0) / 60.0).floor().clamp(max=n - 1).long()
+
+
+def _head_bias(table: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+    """(H, buckets) table indexed by (Nq,Nk) or (B,Nq,Nk) buckets -> broadcastable (B|1, H, Nq, Nk)."""
+    b = table[:, bucket]
+    return b.unsqueeze(0) if bucket.dim() == 2 else b.transpose(0, 1)
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.h, self.dh = cfg.n_heads, d // cfg.n_heads
+        self.cfg = cfg
+        self.ln_in = GroupLayerNorm(d)
+        self.uvqk = nn.Linear(d, 4 * d)
+        self.ln_attn = GroupLayerNorm(d)
+        self.out = nn.Linear(d, d)
+        self.pos_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.pos_buckets))
+        self.time_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.time_buckets))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def project(self, x: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        u, v, q, k = F.silu(self.uvqk(self.ln_in(x, types))).chunk(4, dim=-1)
+        return u, v, q, k
+
+    def bias_index(self, dpos: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """One combined (position, time) bucket per (query, key); computed once per forward."""
+        return _pos_bucket(dpos, self.cfg.pos_buckets) * self.cfg.time_buckets + _time_bucket(dt, self.cfg.time_buckets)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+        """q (B,Nq,d); k, v (B,Nk,d); w and bucket broadcastable to (B,Nq,Nk). Returns (B,Nq,d)."""
+        b, nq, _ = q.shape
+        nk = k.shape[1]
+        qh = q.view(b, nq, self.h, self.dh).transpose(1, 2)
+        kh = k.view(b, nk, self.h, self.dh).transpose(1, 2)
+        vh = v.view(b, nk, self.h, self.dh).transpose(1, 2)
+        table = (self.pos_bias[:, :, None] + self.time_bias[:, None, :]).reshape(self.h, -1)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(self.dh) + _head_bias(table, bucket)
+        w = w.unsqueeze(1) if w.dim() == 3 else w
+        a = F.silu(scores) * (w / w.sum(dim=-1, keepdim=True).clamp(min=1.0))
+        return (a @ vh).transpose(1, 2).reshape(b, nq, self.h * self.dh)
+
+    def finish(self, x: torch.Tensor, o: torch.Tensor, u: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.out(self.ln_attn(o, types) * u))
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded typed tokens for B histories; ``length[b]`` includes USER and CTX."""
+
+    item: torch.Tensor  # (B,N) long, -1 where not an ITEM token
+    action: torch.Tensor  # (B,N) long
+    device: torch.Tensor  # (B,N) long
+    types: torch.Tensor  # (B,N) long
+    time: torch.Tensor  # (B,N) float64 seconds
+    segment: torch.Tensor  # (B,) long
+    length: torch.Tensor  # (B,) long
+
+
+def event_tokens(h: History, first_position: int) -> dict[str, np.ndarray]:
+    """The ITEM/ACTION token pair of each event, as arrays (no USER / CTX)."""
+    n = 2 * len(h)
+    types = np.empty(n, dtype=np.int64)
+    types[0::2], types[1::2] = ITEM, ACTION
+    item = np.full(n, -1, dtype=np.int64)
+    item[0::2] = h.item
+    action = np.zeros(n, dtype=np.int64)
+    action[1::2] = h.action
+    device = np.zeros(n, dtype=np.int64)
+    device[1::2] = h.device
+    time = np.repeat(h.timestamp.astype(np.float64), 2)
+    return {"item": item, "action": action, "device": device, "types": types, "time": time, "pos": np.arange(first_position, first_position + n)}
+
+
+def build_tokens(histories: list[History], segments: list[int], ctx_device: list[int], ctx_time: list[int]) -> TokenBatch:
+    lengths = [2 * len(h) + 2 for h in histories]
+    n, b = max(lengths), len(histories)
+    item = np.full((b, n), -1, dtype=np.int64)
+    action = np.zeros((b, n), dtype=np.int64)
+    device = np.zeros((b, n), dtype=np.int64)
+    types = np.zeros((b, n), dtype=np.int64)
+    time = np.zeros((b, n), dtype=np.float64)
+    for r, h in enumerate(histories):
+        ev = event_tokens(h, 1)
+        m = 2 * len(h)
+        item[r, 1 : m + 1], action[r, 1 : m + 1], device[r, 1 : m + 1], types[r, 1 : m + 1], time[r, 1 : m + 1] = (
+            ev["item"], ev["action"], ev["device"], ev["types"], ev["time"]
+        )
+        time[r, 0] = h.timestamp[0] if len(h) else ctx_time[r]
+        types[r, 0] = USER
+        types[r, m + 1] = CONTEXT
+        device[r, m + 1] = ctx_device[r]
+        time[r, m + 1] = ctx_time[r]
+    t = torch.from_numpy
+    return TokenBatch(t(item), t(action), t(device), t(types), t(time), torch.tensor(segments, dtype=torch.long), torch.tensor(lengths))
+
+
+@dataclass
+class EncoderOutput:
+    memory: torch.Tensor  # (B, M, d) what the decoder cross-attends to
+    memory_logw: torch.Tensor  # (B, M) log of the token count each memory entry stands for; -inf = absent
+    user: torch.Tensor  # (B, d) user embedding for ANN, in item-embedding space
+
+
+@dataclass
+class EncoderState:
+    """A user's cached encoder state after ``n_tokens`` tokens (USER + 2 per event)."""
+
+    n_tokens: int = 0
+    block: int = 0  # block of the next token
+    ex_k: list[torch.Tensor] = field(default_factory=list)  # per layer (n_ex, d)
+    ex_v: list[torch.Tensor] = field(default_factory=list)
+    ex_out: torch.Tensor | None = None  # (n_ex, d) final outputs
+    ex_pos: torch.Tensor | None = None  # (n_ex,) float
+    ex_time: torch.Tensor | None = None  # (n_ex,) float64
+    ex_types: torch.Tensor | None = None
+    sl_k: list[torch.Tensor] = field(default_factory=list)  # per layer (n_slots, d) block means
+    sl_v: list[torch.Tensor] = field(default_factory=list)
+    sl_out: torch.Tensor | None = None
+    sl_pos: torch.Tensor | None = None
+    sl_time: torch.Tensor | None = None
+    su_k: list[torch.Tensor] = field(default_factory=list)  # per layer (d,) sums of folded block means
+    su_v: list[torch.Tensor] = field(default_factory=list)
+    su_out: torch.Tensor | None = None
+    su_pos: float = 0.0
+    su_time: float = 0.0
+    su_count: int = 0  # blocks folded into the summary
+    last_time: float = 0.0
+
+    def nbytes(self) -> int:
+        ts = [*self.ex_k, *self.ex_v, *self.sl_k, *self.sl_v, *self.su_k, *self.su_v]
+        ts += [t for t in (self.ex_out, self.ex_pos, self.ex_time, self.ex_types, self.sl_out, self.sl_pos, self.sl_time, self.su_out) if t is not None]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+class UGTEncoder(nn.Module):
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        item_content: np.ndarray,
+        item_codes: np.ndarray,
+        codebook_sizes: tuple[int, int, int],
+        n_segments: int,
+        n_devices: int,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.n_items = item_content.shape[0]
+        self.register_buffer("item_content", torch.from_numpy(item_content).float())
+        self.register_buffer("item_codes", torch.from_numpy(item_codes).long())
+        self.content_proj = nn.Linear(item_content.shape[1], d)
+        self.code_emb = nn.ModuleList([nn.Embedding(k, d) for k in codebook_sizes])
+        self.id_emb = nn.Embedding(self.n_items, d) if cfg.use_item_id_embedding else None
+        if self.id_emb is not None:
+            nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.segment_emb = nn.Embedding(max(1, n_segments), d)
+        self.action_emb = nn.Embedding(N_ACTIONS, d)
+        self.device_emb = nn.Embedding(max(1, n_devices), d)
+        self.ctx_device_emb = nn.Embedding(max(1, n_devices), d)
+        self.hour_emb = nn.Embedding(24, d)
+        self.type_emb = nn.Embedding(N_TOKEN_TYPES, d)
+        self.layers = nn.ModuleList([HSTULayer(cfg) for _ in range(cfg.n_layers)])
+        self.ln_out = GroupLayerNorm(d)
+        self.user_proj = nn.Linear(d, d)
+
+    # ---- embeddings -------------------------------------------------------------------------
+    def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors (published to the ANN index and used as input and output embeddings)."""
+        idx = torch.arange(self.n_items) if items is None else items
+        x = self.content_proj(self.item_content[idx])
+        for level, emb in enumerate(self.code_emb):
+            x = x + emb(self.item_codes[idx, level])
+        if self.id_emb is not None:
+            x = x + self.id_emb(idx)
+        return x
+
+    def _embed(self, item, action, device, types, time, segment) -> torch.Tensor:
+        """All token kinds embedded, then picked by type. Shapes (B,N) (segment (B,))."""
+        x_item = self.item_embeddings(item.clamp(min=0))
+        x_action = self.action_emb(action) + self.device_emb(device)
+        hour = ((time // 3600) % 24).long()
+        x_ctx = self.ctx_device_emb(device) + self.hour_emb(hour)
+        x_user = self.segment_emb(segment).unsqueeze(1).expand_as(x_item)
+        t = types.unsqueeze(-1)
+        x = torch.where(t == ITEM, x_item, torch.where(t == ACTION, x_action, torch.where(t == CONTEXT, x_ctx, x_user)))
+        return x + self.type_emb(types)
+
+    # ---- compression geometry ---------------------------------------------------------------
+    @property
+    def _geometry(self) -> tuple[int, int, int]:
+        c = self.cfg.block_tokens
+        return c, max(0, self.cfg.recent_tokens // c), self.cfg.slots
+
+    def _dense_weights(self, n: int, compression: bool) -> tuple[torch.Tensor, int]:
+        """Key weights (Np, Np + 2*nB) for queries at positions 0..Np-1 (Np = n padded to blocks)."""
+        c, rb, m = self._geometry
+        if not compression:
+            return torch.ones(n, n).tril(), 0
+        nb = -(-n // c)
+        np_ = nb * c
+        pos = torch.arange(np_)
+        blk = pos // c
+        exact = (pos[None, :] <= pos[:, None]) & (blk[None, :] >= blk[:, None] - rb)
+        chunks = torch.arange(nb)
+        slot = ((chunks[None, :] >= blk[:, None] - rb - m) & (chunks[None, :] < blk[:, None] - rb)).float() * c
+        n_sum = (blk - rb - m).clamp(min=0)
+        summary = (chunks[None, :] == blk[:, None]).float() * (n_sum[:, None] * c)
+        return torch.cat([exact.float(), slot, summary], dim=1), nb
+
+    @staticmethod
+    def _block_means(x: torch.Tensor, nb: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, nb*c, ...) -> block means (B, nb, ...) and the running-summary per query block."""
+        means = x.reshape(x.shape[0], nb, c, *x.shape[2:]).mean(dim=2)
+        return means, torch.cumsum(means, dim=1)
+
+    def _summary(self, cums: torch.Tensor, nb: int) -> torch.Tensor:
+        """Mean of blocks ``[0, b-Rb-M)`` for each query block b (zeros where there are none)."""
+        _, rb, m = self._geometry
+        count = (torch.arange(nb) - rb - m).clamp(min=0)
+        idx = (count - 1).clamp(min=0)
+        shape = [1, nb] + [1] * (cums.dim() - 2)
+        picked = cums[:, idx] / count.clamp(min=1).view(shape).to(cums.dtype)
+        return torch.where((count > 0).view(shape), picked, torch.zeros_like(picked))
+
+    def _augment(self, x: torch.Tensor, nb: int) -> torch.Tensor:
+        c = self.cfg.block_tokens
+        means, cums = self._block_means(x, nb, c)
+        return torch.cat([x, means, self._summary(cums, nb)], dim=1)
+
+    # ---- whole-history encoding (training, evaluation, cold users) --------------------------
+    def forward_dense(self, tokens: TokenBatch, compression: bool | None = None) -> EncoderOutput:
+        compression = self.cfg.compression if compression is None else compression
+        b, n = tokens.item.shape
+        w, nb = self._dense_weights(n, compression)
+        np_ = w.shape[0]
+        pad = np_ - n
+        item, action, device, types = (F.pad(t, (0, pad)) for t in (tokens.item, tokens.action, tokens.device, tokens.types))
+        time = F.pad(tokens.time, (0, pad))
+        x = self._embed(item, action, device, types, time, tokens.segment)
+        pos = torch.arange(np_, dtype=torch.float64)
+        if compression:
+            c = self.cfg.block_tokens
+            key_pos = self._augment(pos.unsqueeze(0), nb)[0]
+            key_time = self._augment(time, nb)
+        else:
+            key_pos, key_time = pos, time
+        dpos = (pos[:, None] - key_pos[None, :]).float()
+        dt = (time[:, :, None] - key_time[:, None, :]).float()
+        bucket = self.layers[0].bias_index(dpos.expand_as(dt), dt)
+        for layer in self.layers:
+            u, v, q, k = layer.project(x, types)
+            if compression:
+                k, v = self._augment(k, nb), self._augment(v, nb)
+            x = layer.finish(x, layer.attend(q, k, v, w, bucket), u, types)
+        out = self.ln_out(x, types)
+        ctx = tokens.length - 1
+        user = self.user_proj(out[torch.arange(b), ctx])
+        memory = self._augment(out, nb) if compression else out
+        mw = w[ctx]  # (B, Nk): the keys the CTX token sees
+        return EncoderOutput(memory, torch.where(mw > 0, mw.log(), torch.full_like(mw, -math.inf)), user)
+
+    # ---- incremental encoding with a cached state -------------------------------------------
+    def init_state(self) -> EncoderState:
+        d = self.cfg.d_model
+        z = torch.zeros(0, d)
+        nl = len(self.layers)
+        return EncoderState(
+            ex_k=[z] * nl, ex_v=[z] * nl, ex_out=z, ex_pos=torch.zeros(0, dtype=torch.float64), ex_time=torch.zeros(0, dtype=torch.float64),
+            ex_types=torch.zeros(0, dtype=torch.long),
+            sl_k=[z] * nl, sl_v=[z] * nl, sl_out=z, sl_pos=torch.zeros(0, dtype=torch.float64), sl_time=torch.zeros(0, dtype=torch.float64),
+            su_k=[torch.zeros(d)] * nl, su_v=[torch.zeros(d)] * nl, su_out=torch.zeros(d),
+        )
+
+    def _advance(self, s: EncoderState, block: int) -> None:
+        """Move the state's view forward to queries in ``block``: exact -> slot -> summary."""
+        c, rb, m = self._geometry
+        while s.block < block:
+            s.block += 1
+            leaving = s.block - rb - 1  # block that drops out of the exact window
+            if leaving >= 0:
+                first = leaving * c
+                sel = (s.ex_pos >= first) & (s.ex_pos < first + c)
+                keep = ~sel
+                s.sl_k = [torch.cat([sk, ek[sel].mean(0, keepdim=True)]) for sk, ek in zip(s.sl_k, s.ex_k)]
+                s.sl_v = [torch.cat([sv, ev[sel].mean(0, keepdim=True)]) for sv, ev in zip(s.sl_v, s.ex_v)]
+                s.sl_out = torch.cat([s.sl_out, s.ex_out[sel].mean(0, keepdim=True)])
+                s.sl_pos = torch.cat([s.sl_pos, s.ex_pos[sel].mean().view(1)])
+                s.sl_time = torch.cat([s.sl_time, s.ex_time[sel].mean().view(1)])
+                s.ex_k, s.ex_v = [k[keep] for k in s.ex_k], [v[keep] for v in s.ex_v]
+                s.ex_out, s.ex_pos, s.ex_time, s.ex_types = s.ex_out[keep], s.ex_pos[keep], s.ex_time[keep], s.ex_types[keep]
+            if s.block - rb - m - 1 >= 0 and s.sl_pos.numel() > 0:  # oldest slot folds into the summary
+                s.su_k = [a + k[0] for a, k in zip(s.su_k, s.sl_k)]
+                s.su_v = [a + v[0] for a, v in zip(s.su_v, s.sl_v)]
+                s.su_out = s.su_out + s.sl_out[0]
+                s.su_pos += float(s.sl_pos[0])
+                s.su_time += float(s.sl_time[0])
+                s.su_count += 1
+                s.sl_k, s.sl_v = [k[1:] for k in s.sl_k], [v[1:] for v in s.sl_v]
+                s.sl_out, s.sl_pos, s.sl_time = s.sl_out[1:], s.sl_pos[1:], s.sl_time[1:]
+
+    def _context_keys(self, s: EncoderState, layer: int, compression: bool) -> tuple[torch.Tensor, ...]:
+        """Cached keys visible to the current block: (k, v, weights, pos, time)."""
+        if not compression:
+            return s.ex_k[layer], s.ex_v[layer], torch.ones(s.ex_pos.numel()), s.ex_pos, s.ex_time
+        c = self.cfg.block_tokens
+        n = max(s.su_count, 1)
+        su = s.su_count > 0
+        k = torch.cat([s.su_k[layer][None] / n, s.sl_k[layer], s.ex_k[layer]])
+        v = torch.cat([s.su_v[layer][None] / n, s.sl_v[layer], s.ex_v[layer]])
+        w = torch.cat([torch.tensor([c * s.su_count if su else 0.0]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel())])
+        pos = torch.cat([torch.tensor([s.su_pos / n], dtype=torch.float64), s.sl_pos, s.ex_pos])
+        time = torch.cat([torch.tensor([s.su_time / n], dtype=torch.float64), s.sl_time, s.ex_time])
+        return k, v, w, pos, time
+
+    def _run_group(self, s: EncoderState, tok: dict[str, torch.Tensor], segment: int, compression: bool, cache: bool) -> torch.Tensor:
+        """Run tokens of one block (or the CTX query) against the state; append them if ``cache``."""
+        x = self._embed(tok["item"][None], tok["action"][None], tok["device"][None], tok["types"][None], tok["time"][None], torch.tensor([segment]))
+        g = x.shape[1]
+        types, pos, time = tok["types"][None], tok["pos"].double(), tok["time"]
+        for li, layer in enumerate(self.layers):
+            u, v, q, k = layer.project(x, types)
+            ck, cv, cw, cpos, ctime = self._context_keys(s, li, compression)
+            keys = torch.cat([ck, k[0]])[None]
+            vals = torch.cat([cv, v[0]])[None]
+            w = torch.cat([cw[None].expand(g, -1), torch.ones(g, g).tril()], dim=1)
+            kpos = torch.cat([cpos, pos])
+            ktime = torch.cat([ctime, time])
+            dpos = (pos[:, None] - kpos[None, :]).float()
+            dt = (time[:, None] - ktime[None, :]).float()
+            x_new = layer.finish(x, layer.attend(q, keys, vals, w[None], layer.bias_index(dpos, dt)), u, types)
+            if cache:
+                s.ex_k[li] = torch.cat([s.ex_k[li], k[0]])
+                s.ex_v[li] = torch.cat([s.ex_v[li], v[0]])
+            x = x_new
+        out = self.ln_out(x, types)[0]
+        if cache:
+            s.ex_out = torch.cat([s.ex_out, out])
+            s.ex_pos = torch.cat([s.ex_pos, pos])
+            s.ex_time = torch.cat([s.ex_time, time])
+            s.ex_types = torch.cat([s.ex_types, tok["types"]])
+        return out
+
+    @torch.no_grad()
+    def extend(self, s: EncoderState, new_events: History, segment: int, compression: bool | None = None) -> EncoderState:
+        """Append events to a user's state in place. Work is O(k) blocks for k new events."""
+        compression = self.cfg.compression if compression is None else compression
+        if len(new_events) == 0:
+            return s
+        return self._extend_tokens(s, new_events, segment, compression, float(new_events.timestamp[0]))
+
+    def _extend_tokens(self, s: EncoderState, new_events: History, segment: int, compression: bool, user_time: float) -> EncoderState:
+        ev = event_tokens(new_events, s.n_tokens + (1 if s.n_tokens == 0 else 0))
+        if s.n_tokens == 0:  # the USER token opens every history
+            for key, val in (("item", -1), ("action", 0), ("device", 0), ("types", USER), ("time", user_time), ("pos", 0)):
+                ev[key] = np.concatenate([[val], ev[key]]).astype(ev[key].dtype)
+        t = {k: torch.from_numpy(v) for k, v in ev.items()}
+        c = self.cfg.block_tokens
+        start, total = 0, len(ev["pos"])
+        while start < total:
+            end = total
+            if compression:  # one block at a time: all its queries share one compressed view
+                p0 = int(ev["pos"][start])
+                self._advance(s, p0 // c)
+                end = start + min(total - start, (p0 // c + 1) * c - p0)
+            self._run_group(s, {k: v[start:end] for k, v in t.items()}, segment, compression, cache=True)
+            start = end
+        s.n_tokens += len(ev["pos"])
+        s.last_time = float(new_events.timestamp[-1]) if len(new_events) else user_time
+        if compression:
+            self._advance(s, s.n_tokens // self.cfg.block_tokens)
+        return s
+
+    @torch.no_grad()
+    def query(self, s: EncoderState, ctx_device: int, ctx_time: int, segment: int, compression: bool | None = None) -> EncoderOutput:
+        """Run the request's CTX token against a cached state: the decoder memory and user vector."""
+        compression = self.cfg.compression if compression is None else compression
+        tok = {
+            "item": torch.tensor([-1]), "action": torch.tensor([0]), "device": torch.tensor([ctx_device]), "types": torch.tensor([CONTEXT]),
+            "time": torch.tensor([float(ctx_time)], dtype=torch.float64), "pos": torch.tensor([s.n_tokens]),
+        }
+        if s.n_tokens == 0:  # empty history (cold start): USER token then CTX; nothing is cached
+            s = self._extend_tokens(self.init_state(), History.empty(), segment, compression, float(ctx_time))
+        out = self._run_group(s, tok, segment, compression, cache=False)
+        user = self.user_proj(out)
+        c = self.cfg.block_tokens
+        if compression:
+            n = max(s.su_count, 1)
+            mem = torch.cat([s.su_out[None] / n, s.sl_out, s.ex_out, out])
+            w = torch.cat([torch.tensor([c * s.su_count if s.su_count else 0.0]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel() + 1)])
+        else:
+            mem = torch.cat([s.ex_out, out])
+            w = torch.ones(mem.shape[0])
+        keep = w > 0
+        return EncoderOutput(mem[keep][None], w[keep].log()[None], user)

@@ -1,0 +1,227 @@
+"""Typed settings: every size, cap and default of the project lives here.
+
+Named configurations (`tiny`, `small`, `full`) are built by `named_config`. Any field can be
+overridden from the environment as ``GENREC_<SECTION>__<FIELD>`` (for example
+``GENREC_ENCODER__N_LAYERS=4``), or with ``with_overrides`` from code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+ENV_PREFIX = "GENREC_"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_items: int = 20_000
+    n_users: int = 5_000
+    n_categories: int = 50
+    n_authors: int = 2_000
+    n_text_tokens: int = 1_000
+    text_tokens_per_item: int = 8
+    n_segments: int = 8  # user segments (a coarse user feature, the user token)
+    n_devices: int = 3  # context token: the device a request comes from
+    history_median: float = 40.0  # events per user, log-normal
+    history_min: int = 6
+    history_max: int = 400
+    zipf_exponent: float = 1.0
+    ad_fraction: float = 0.08
+    product_fraction: float = 0.07
+    p_successor: float = 0.35  # next event is the item's successor ("what follows what")
+    p_category_transition: float = 0.25  # next event is from the next category of the chain
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SemanticIdConfig:
+    codebook_sizes: tuple[int, int, int] = (64, 64, 64)
+    latent_dim: int = 32
+    hidden_dim: int = 128
+    content_dim: int = 32  # dimension of the content (what-an-item-is) embedding
+    collab_dim: int = 16  # dimension of the co-occurrence (collaborative) part; 0 disables it
+    epochs: int = 60
+    batch_size: int = 2048
+    lr: float = 3e-3
+    commitment: float = 0.25
+    dead_code_every: int = 5  # epochs between dead-code resets
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.1
+    pos_buckets: int = 16  # log2 buckets of relative position
+    time_buckets: int = 24  # log2 buckets of relative time in minutes
+    use_item_id_embedding: bool = True  # collaborative signal on top of content + semantic ID
+    # History compression: the most recent `recent_tokens` tokens (block aligned) stay exact,
+    # older blocks of `block_tokens` tokens become one mean slot each, at most `slots` of them,
+    # and everything older is folded into one running summary slot.
+    compression: bool = True
+    recent_tokens: int = 64
+    block_tokens: int = 16
+    slots: int = 16
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    n_experts: int = 8
+    top_k: int = 2
+    expert_hidden: int = 128
+    dropout: float = 0.1
+    load_balance_weight: float = 0.01
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 2e-3
+    max_train_events: int = 100  # history events per training sample (latest ones)
+    cuts_per_user: int = 6  # training samples drawn per user per epoch
+    retrieval_weight: float = 1.0
+    sasrec_epochs: int = 12
+    ranker_users: int = 2_000
+    ranker_rounds: int = 200
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Request-path sizes. Caps are the documented limits a request is validated against."""
+
+    beam_widths: tuple[int, int, int] = (32, 128, 512)
+    max_beam_width: int = 2_048
+    ann_candidates: int = 500
+    max_candidates: int = 1_000
+    prerank_keep: int = 100
+    final_k: int = 10
+    max_history_events: int = 4_096
+    max_excluded_items: int = 1_000
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "small"
+    data: DataConfig = field(default_factory=DataConfig)
+    semantic_id: SemanticIdConfig = field(default_factory=SemanticIdConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _tiny() -> Config:
+    return Config(
+        name="tiny",
+        data=DataConfig(
+            n_items=2_000,
+            n_users=600,
+            n_categories=20,
+            n_authors=200,
+            n_text_tokens=200,
+            history_median=20.0,
+            history_max=150,
+        ),
+        semantic_id=SemanticIdConfig(codebook_sizes=(16, 16, 16), latent_dim=16, hidden_dim=64, epochs=40),
+        encoder=EncoderConfig(d_model=32, n_heads=2, recent_tokens=32, block_tokens=8, slots=8),
+        decoder=DecoderConfig(d_model=32, n_layers=1, n_experts=4, top_k=2, expert_hidden=64),
+        train=TrainConfig(epochs=6, max_train_events=60, sasrec_epochs=8, ranker_users=400, ranker_rounds=60),
+        pipeline=PipelineConfig(beam_widths=(16, 48, 128), ann_candidates=100, max_candidates=300),
+    )
+
+
+def _small() -> Config:
+    return Config(name="small")
+
+
+def _full() -> Config:
+    # The design's production sizes. It must build and be counted; it is not trained here.
+    return Config(
+        name="full",
+        data=DataConfig(n_items=1_000_000, n_users=200_000, n_categories=500, n_authors=50_000),
+        semantic_id=SemanticIdConfig(codebook_sizes=(1024, 4096, 16384), latent_dim=64, hidden_dim=512, content_dim=128, collab_dim=64),
+        encoder=EncoderConfig(d_model=256, n_layers=12, n_heads=8, recent_tokens=256, block_tokens=32, slots=64),
+        decoder=DecoderConfig(d_model=256, n_layers=4, n_heads=8, n_experts=16, top_k=4, expert_hidden=1024),
+        pipeline=PipelineConfig(beam_widths=(64, 256, 1024)),
+    )
+
+
+NAMED_CONFIGS = {"tiny": _tiny, "small": _small, "full": _full}
+
+
+def _coerce(value: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if value.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if isinstance(current, tuple):
+        return tuple(type(current[0])(v) for v in value.split(","))
+    return type(current)(value)
+
+
+def with_overrides(cfg: Config, overrides: Mapping[str, str]) -> Config:
+    """Apply ``{"encoder.n_layers": "4"}``-style overrides, typed by the field's current value."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, raw in overrides.items():
+        section, _, name = key.partition(".")
+        sub = getattr(cfg, section, None)
+        if sub is None or not dataclasses.is_dataclass(sub) or name not in {f.name for f in fields(sub)}:
+            raise KeyError(f"unknown setting {key!r}")
+        sections.setdefault(section, {})[name] = _coerce(raw, getattr(sub, name))
+    return replace(cfg, **{s: replace(getattr(cfg, s), **v) for s, v in sections.items()})
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            section, _, name = key[len(ENV_PREFIX) :].partition("__")
+            out[f"{section.lower()}.{name.lower()}"] = value
+    return out
+
+
+def named_config(name: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The named configuration (default from ``GENREC_CONFIG``, else ``small``) plus env overrides."""
+    environ = os.environ if environ is None else environ
+    name = name or environ.get(ENV_PREFIX + "CONFIG", "small")
+    if name not in NAMED_CONFIGS:
+        raise KeyError(f"unknown config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
+    return with_overrides(NAMED_CONFIGS[name](), env_overrides(environ))
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (tuples come back from JSON as lists)."""
+
+    def build(cls: type, values: Mapping[str, Any]) -> Any:
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in values:
+                v = values[f.name]
+                kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**kwargs)
+
+    return Config(
+        name=d["name"],
+        data=build(DataConfig, d["data"]),
+        semantic_id=build(SemanticIdConfig, d["semantic_id"]),
+        encoder=build(EncoderConfig, d["encoder"]),
+        decoder=build(DecoderConfig, d["decoder"]),
+        train=build(TrainConfig, d["train"]),
+        pipeline=build(PipelineConfig, d["pipeline"]),
+    )

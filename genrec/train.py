@@ -1,0 +1,308 @@
+"""Train everything from data to checkpoints: semantic IDs, UGT encoder + MoE decoder, the
+SASRec baseline, the pre-rank weight and the LightGBM ranker.
+
+    genrec-train --config tiny                 # ~1 minute on 2 cores
+    genrec-train --config small                # the default demo
+    genrec-train --config small --movielens path/to/u.data
+
+The run lands in ``artifacts/runs/<config>-<NNN>/`` (never overwritten); see ``genrec.bundle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genrec.artifacts import DEFAULT_ROOT, machine, new_run, now_iso, versions, write_json
+from genrec.bundle import ModelBundle, build_models, sasrec_for
+from genrec.data.movielens import load_movielens
+from genrec.data.schema import Dataset, History, user_history
+from genrec.data.split import Split, leave_last_out
+from genrec.data.synthetic import generate
+from genrec.ensemble.cascade import merge, prerank_scores, top_k
+from genrec.ensemble.prefix_trie import PrefixTrie
+from genrec.ensemble.ranking_features import ItemTable, ranking_features
+from genrec.item_features import item_feature_matrix
+from genrec.models.moe_decoder import MoEDecoder
+from genrec.models.rqvae import train_rqvae
+from genrec.models.sasrec import SASRec, left_pad
+from genrec.models.ugt_encoder import UGTEncoder, build_tokens
+from genrec.ranker import train_ranker
+from genrec.reference import RecommendRequest, ReferencePipeline
+from genrec.settings import Config, named_config
+
+PRERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def load_dataset(cfg: Config, movielens: str | None) -> Dataset:
+    return load_movielens(movielens, cfg.data.n_devices) if movielens else generate(cfg.data)
+
+
+@dataclass(frozen=True)
+class Sample:
+    user: int
+    end: int  # absolute index of the target event; the history is events[start:end]
+    start: int
+
+
+def draw_samples(split: Split, cfg: Config, rng: np.random.Generator) -> list[Sample]:
+    """``cuts_per_user`` random cut points per user inside its training events, plus the last one."""
+    out = []
+    for u in split.eligible_users:
+        s, e = int(split.offsets[u]), int(split.train_end[u])
+        cuts = set(rng.integers(s, e, size=min(cfg.train.cuts_per_user, e - s)).tolist()) | {e - 1}
+        out += [Sample(int(u), c, max(s, c - cfg.train.max_train_events)) for c in sorted(cuts)]
+    return out
+
+
+def _history(ds: Dataset, start: int, end: int) -> History:
+    ev = ds.events
+    sl = slice(start, end)
+    return History(ev.item[sl].astype(np.int64), ev.action[sl].astype(np.int64), ev.timestamp[sl].astype(np.int64), ev.device[sl].astype(np.int64))
+
+
+def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
+    tc = cfg.train
+    rng = np.random.default_rng(tc.seed)
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.01)
+    codes = enc.item_codes
+    ev = ds.events
+    history = {}
+    for epoch in range(tc.epochs):
+        enc.train()
+        dec.train()
+        samples = draw_samples(split, cfg, rng)
+        # batches of similar length (little padding), visited in random order
+        samples.sort(key=lambda s: (s.end - s.start, rng.random()))
+        batches = [samples[i : i + tc.batch_size] for i in range(0, len(samples), tc.batch_size)]
+        t0, totals, n = time.perf_counter(), np.zeros(3), 0
+        for bi in rng.permutation(len(batches)):
+            batch = batches[bi]
+            # alternate compression on/off so one model serves both modes
+            compression = cfg.encoder.compression and n % 2 == 0
+            tokens = build_tokens(
+                [_history(ds, s.start, s.end) for s in batch],
+                [int(ds.users.segment[s.user]) for s in batch],
+                [int(ev.device[s.end]) for s in batch],
+                [int(ev.timestamp[s.end]) for s in batch],
+            )
+            target = torch.tensor([int(ev.item[s.end]) for s in batch])
+            out = enc.forward_dense(tokens, compression=compression)
+            logits, aux = dec(out.memory, out.memory_logw, codes[target])
+            gen_loss = sum(F.cross_entropy(lg, codes[target, level]) for level, lg in enumerate(logits))
+            ret_loss = F.cross_entropy(out.user @ enc.item_embeddings().T, target)
+            loss = gen_loss + tc.retrieval_weight * ret_loss + cfg.decoder.load_balance_weight * aux
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            totals += [gen_loss.item(), ret_loss.item(), aux.item()]
+            n += 1
+        totals /= max(n, 1)
+        history = {"generation_loss": totals[0], "retrieval_loss": totals[1], "balance_loss": totals[2]}
+        log(f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples)")
+    enc.eval()
+    dec.eval()
+    return history
+
+
+def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]:
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = sasrec_for(cfg, ds.catalogue.n_items)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    rng = np.random.default_rng(tc.seed)
+    n_items, max_len = ds.catalogue.n_items, tc.max_train_events
+    seqs = [ds.events.item[int(split.offsets[u]) : int(split.train_end[u])] for u in split.eligible_users]
+    loss_val = float("nan")
+    for epoch in range(tc.sasrec_epochs):
+        model.train()
+        order = rng.permutation(len(seqs))
+        t0, total, n = time.perf_counter(), 0.0, 0
+        for bi in range(0, len(order), tc.batch_size // 2):
+            batch = [seqs[i] for i in order[bi : bi + tc.batch_size // 2]]
+            inp = left_pad([s[:-1] for s in batch], n_items, max_len)
+            tgt = left_pad([s[1:] for s in batch], n_items, max_len)
+            loss = model.loss(inp, tgt)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss)
+            n += 1
+        loss_val = total / max(n, 1)
+        if (epoch + 1) % max(1, tc.sasrec_epochs // 4) == 0 or epoch + 1 == tc.sasrec_epochs:
+            log(f"  sasrec epoch {epoch + 1}/{tc.sasrec_epochs}: loss {loss_val:.3f} ({time.perf_counter() - t0:.1f}s)")
+    model.eval()
+    return model, loss_val
+
+
+def validation_requests(ds: Dataset, split: Split, users: np.ndarray, pipeline: ReferencePipeline) -> tuple[list[RecommendRequest], np.ndarray]:
+    """History up to the validation target, and the target (events[-2]) for each user."""
+    reqs, targets = [], []
+    for u in users:
+        end, target = split.validation_target(ds.events, int(u))
+        s = max(int(split.offsets[u]), end - pipeline.cfg.max_history_events)
+        reqs.append(RecommendRequest(_history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])))
+        targets.append(int(ds.events.item[target]))
+    return reqs, np.array(targets)
+
+
+def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> dict[str, float]:
+    """Choose the pre-rank weight, then train the ranker, on validation targets."""
+    rng = np.random.default_rng(cfg.train.seed + 1)
+    users = rng.choice(split.eligible_users, size=min(cfg.train.ranker_users, split.eligible_users.size), replace=False)
+    pipeline = ReferencePipeline(bundle)
+    reqs, targets = validation_requests(ds, split, users, pipeline)
+    traces = []
+    for i in range(0, len(reqs), 32):
+        _, tr = pipeline.traces(reqs[i : i + 32])
+        traces += tr
+        if (i // 32) % 10 == 0:
+            log(f"  cascade traces {min(i + 32, len(reqs))}/{len(reqs)}")
+    keep = cfg.pipeline.prerank_keep
+    recall = {}
+    for w in PRERANK_WEIGHT_GRID:
+        hits = [t in tr.candidates.items[top_k(prerank_scores(tr.candidates, w), keep)] for tr, t in zip(traces, targets)]
+        recall[w] = float(np.mean(hits))
+    best = max(PRERANK_WEIGHT_GRID, key=lambda w: (recall[w], -w))
+    bundle.prerank_weight = best
+    log(f"  pre-rank weight {best} (recall@{keep} of the pre-rank: " + ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()) + ")")
+    feats, labels = [], []
+    for tr, req, t in zip(traces, reqs, targets):
+        pre = prerank_scores(tr.candidates, best)
+        kept = top_k(pre, keep)
+        c = tr.candidates.take(kept)
+        feats.append(ranking_features(c, pre[kept], bundle.items, req.history.item, req.history.timestamp, float(req.request_time())))
+        labels.append(c.items == t)
+    bundle.ranker = train_ranker(feats, labels, cfg.train.ranker_rounds, cfg.train.seed, cfg.train.threads)
+    return {
+        "prerank_weight": best,
+        "candidate_recall": float(np.mean([t in tr.candidates.items for tr, t in zip(traces, targets)])),
+        "prerank_recall": recall[best],
+        "ranker_groups_with_positive": int(sum(lb.any() for lb in labels)),
+    }
+
+
+def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, skip_sasrec: bool = False) -> Path:
+    torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def timed(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 2)
+        log(f"[{name}] done in {timings[name]:.1f}s")
+
+    t0 = time.perf_counter()
+    log(f"[data] {'MovieLens ' + movielens if movielens else f'synthetic {cfg.data.n_items} items x {cfg.data.n_users} users'}")
+    ds = load_dataset(cfg, movielens)
+    split = leave_last_out(ds.events)
+    train_events = split.train_events(ds.events)
+    log(f"  {len(ds.events)} events, {split.eligible_users.size} users with >= 3 events, {len(train_events)} training events")
+    timed("data", t0)
+
+    t0 = time.perf_counter()
+    log(f"[semantic ids] RQ-VAE codebooks {cfg.semantic_id.codebook_sizes}")
+    feats = item_feature_matrix(ds.catalogue, train_events, cfg.semantic_id.content_dim, cfg.semantic_id.collab_dim, cfg.train.seed)
+    rq, sem = train_rqvae(feats, cfg.semantic_id, cfg.train.seed, log)
+    sid_report = sem.report()
+    log("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in sid_report.items()))
+    timed("semantic_ids", t0)
+
+    t0 = time.perf_counter()
+    log(f"[generative] UGT encoder {cfg.encoder.n_layers}x{cfg.encoder.d_model} + MoE decoder {cfg.decoder.n_experts} experts top-{cfg.decoder.top_k}")
+    enc, dec = build_models(cfg, feats, sem, ds.users.n_segments, cfg.data.n_devices)
+    gen_losses = train_generative(ds, split, enc, dec, cfg)
+    timed("generative", t0)
+
+    sasrec_loss = None
+    sasrec = None
+    if not skip_sasrec:
+        t0 = time.perf_counter()
+        log("[sasrec] baseline")
+        sasrec, sasrec_loss = train_sasrec(ds, split, cfg)
+        timed("sasrec", t0)
+
+    counts = np.bincount(train_events.item, minlength=ds.catalogue.n_items)
+    items = ItemTable(ds.catalogue.category.astype(np.int64), ds.catalogue.author.astype(np.int64), ds.catalogue.kind.astype(np.int64), np.log1p(counts).astype(np.float64), ds.catalogue.n_categories)
+    manifest = {
+        "config": cfg.name,
+        "dataset": ds.name,
+        "movielens_path": str(Path(movielens).resolve()) if movielens else None,
+        "data_hash": ds.content_hash(),
+        "n_items": ds.catalogue.n_items,
+        "n_users": ds.events.n_users,
+        "n_events": len(ds.events),
+        "n_segments": ds.users.n_segments,
+        "n_devices": cfg.data.n_devices,
+        "created": now_iso(),
+        "versions": versions(),
+        "machine": machine(),
+    }
+    bundle = ModelBundle(Path("."), cfg, enc, dec, sasrec, None, 1.0, items, sem, PrefixTrie.build(sem.codes, sem.codebook_sizes), np.zeros((0, 0), np.float32), cfg.data.n_devices, ds.users.n_segments, manifest)
+    bundle.refresh_item_vectors()
+
+    t0 = time.perf_counter()
+    log("[cascade] pre-rank weight and LightGBM ranker on validation targets")
+    cascade_report = fit_cascade(bundle, ds, split, cfg)
+    timed("ranker", t0)
+
+    timings["total"] = round(time.perf_counter() - t_all, 2)
+    manifest["train_seconds"] = timings
+    with new_run(cfg.name, root) as run:
+        d = run.staging
+        write_json(d / "config.json", cfg.to_dict())
+        np.save(d / "item_features.npy", feats)
+        np.savez(d / "semantic_ids.npz", codes=sem.codes, disambiguation=sem.disambiguation, codebook_sizes=np.array(sem.codebook_sizes))
+        np.savez(d / "item_table.npz", category=items.category, author=items.author, kind=items.kind, log_popularity=items.log_popularity, n_categories=items.n_categories)
+        torch.save(rq.state_dict(), d / "rqvae.pt")
+        torch.save(enc.state_dict(), d / "encoder.pt")
+        torch.save(dec.state_dict(), d / "decoder.pt")
+        if sasrec is not None:
+            torch.save(sasrec.state_dict(), d / "sasrec.pt")
+        assert bundle.ranker is not None
+        bundle.ranker.save_model(str(d / "ranker.txt"))
+        write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
+        write_json(d / "metrics.json", {"semantic_ids": sid_report, "train": {**gen_losses, "sasrec_loss": sasrec_loss}, "cascade_fit": cascade_report})
+        write_json(d / "manifest.json", manifest)
+    assert run.final is not None
+    log(f"[done] {run.final} in {timings['total']:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total"))
+    return run.final
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="genrec-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="named configuration: tiny, small (default, or $GENREC_CONFIG), full")
+    p.add_argument("--movielens", default=None, help="path to a MovieLens u.data or ratings.dat file instead of synthetic data")
+    p.add_argument("--items", type=int, default=None, help="synthetic catalogue size (overrides the config)")
+    p.add_argument("--users", type=int, default=None, help="synthetic user count (overrides the config)")
+    p.add_argument("--epochs", type=int, default=None, help="generative-model epochs (overrides the config)")
+    p.add_argument("--artifacts", type=Path, default=DEFAULT_ROOT, help=f"runs folder (default {DEFAULT_ROOT})")
+    p.add_argument("--skip-sasrec", action="store_true", help="do not train the SASRec baseline")
+    a = p.parse_args(argv)
+    from genrec.settings import with_overrides
+
+    cfg = named_config(a.config)
+    ov = {k: str(v) for k, v in (("data.n_items", a.items), ("data.n_users", a.users), ("train.epochs", a.epochs)) if v is not None}
+    cfg = with_overrides(cfg, ov)
+    if cfg.name == "full":
+        print("the full configuration is counted (genrec-model-card), not trained on this machine", file=sys.stderr)
+        return 2
+    train(cfg, a.movielens, a.artifacts, a.skip_sasrec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
