@@ -50,7 +50,7 @@ def merge(gen: Generated, ann_items: np.ndarray, user_vec: np.ndarray, item_vecs
     hit = items[sorter][at] == gen.items if items.size else np.zeros(0, dtype=bool)
     lp[sorter[at[hit]]], rank[sorter[at[hit]]] = gen.logprob[hit], gen.beam_rank[hit]
     in_gen = ~np.isnan(lp)
-    floor = (np.nanmin(lp) - 1.0) if in_gen.any() else -1.0
+    floor = (float(gen.logprob.min()) - 1.0) if gen.logprob.size else -1.0
     lp = np.where(in_gen, lp, floor)
     sim = item_vecs[items] @ user_vec
     in_ann = np.zeros(items.size, dtype=bool)

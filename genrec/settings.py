@@ -85,7 +85,7 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 256
     lr: float = 2e-3
-    max_train_events: int = 100  # history events per training sample (latest ones)
+    max_train_events: int = 64  # history events per training sample (latest ones)
     cuts_per_user: int = 6  # training samples drawn per user per epoch
     retrieval_weight: float = 1.0
     sasrec_epochs: int = 12
@@ -135,7 +135,7 @@ def _tiny() -> Config:
             history_median=20.0,
             history_max=150,
         ),
-        semantic_id=SemanticIdConfig(codebook_sizes=(16, 16, 16), latent_dim=16, hidden_dim=64, epochs=40),
+        semantic_id=SemanticIdConfig(codebook_sizes=(32, 32, 32), latent_dim=16, hidden_dim=64, epochs=100),
         encoder=EncoderConfig(d_model=32, n_heads=2, recent_tokens=32, block_tokens=8, slots=8),
         decoder=DecoderConfig(d_model=32, n_layers=1, n_experts=4, top_k=2, expert_hidden=64),
         train=TrainConfig(epochs=6, max_train_events=60, sasrec_epochs=8, ranker_users=400, ranker_rounds=60),

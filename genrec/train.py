@@ -139,7 +139,7 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += loss.item()
             n += 1
         loss_val = total / max(n, 1)
         if (epoch + 1) % max(1, tc.sasrec_epochs // 4) == 0 or epoch + 1 == tc.sasrec_epochs:

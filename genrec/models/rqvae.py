@@ -105,6 +105,7 @@ class SemanticIds:
     codes: np.ndarray  # (n_items, 3) int64, the generated levels
     disambiguation: np.ndarray  # (n_items,) int64, index within the item's (c1, c2, c3) group
     codebook_sizes: tuple[int, int, int]
+    raw_collision_rate: float = float("nan")  # before spreading the last level
 
     def report(self) -> dict[str, float]:
         usage = {f"usage_level{level + 1}": float(np.unique(self.codes[:, level]).size / k) for level, k in enumerate(self.codebook_sizes)}
@@ -112,11 +113,43 @@ class SemanticIds:
         group = counts[inverse.reshape(-1)]
         return {
             **usage,
+            "collision_rate_raw": self.raw_collision_rate,  # straight from the quantiser
             "collision_rate": float((group > 1).mean()),  # items sharing their 3 codes with another item
             "max_group_size": int(counts.max()),
             "unique_prefixes": int(counts.size),
             "unique_ids": int(np.unique(np.column_stack([self.codes, self.disambiguation]), axis=0).shape[0]),
         }
+
+
+def spread_last_level(codes: np.ndarray, last_residual: np.ndarray, last_codebook: np.ndarray) -> np.ndarray:
+    """Within each (c1, c2) prefix, give items distinct last-level codes where the codebook allows.
+
+    Greedy matching on distance: each item takes its nearest last-level code that no other item of
+    its prefix holds yet. Items keep their own code when it is free, so the ID stays semantic;
+    only items that would collide move, to their next-nearest free code. Groups larger than the
+    codebook still collide and fall back to the disambiguation index.
+    """
+    out = codes.copy()
+    prefix = codes[:, 0] * (codes[:, 1].max() + 1) + codes[:, 1]
+    order = np.argsort(prefix, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, prefix[order][1:] != prefix[order][:-1], True])
+    k = last_codebook.shape[0]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        members = order[a:b]
+        if members.size < 2 or np.unique(codes[members, 2]).size == members.size:
+            continue
+        d = ((last_residual[members, None, :] - last_codebook[None, :, :]) ** 2).sum(-1)  # (g, K)
+        taken = np.zeros(k, dtype=bool)
+        done = np.zeros(members.size, dtype=bool)
+        for flat in np.argsort(d, axis=None, kind="stable"):
+            i, c = divmod(int(flat), k)
+            if done[i] or taken[c]:
+                continue
+            out[members[i], 2] = c
+            done[i] = taken[c] = True
+            if done.all() or taken.all():
+                break
+    return out
 
 
 def disambiguate(codes: np.ndarray) -> np.ndarray:
@@ -159,6 +192,12 @@ def train_rqvae(
             if (epoch + 1) % (cfg.dead_code_every * 4) == 0:
                 progress(f"  rq-vae epoch {epoch + 1}/{cfg.epochs} loss {total / x.shape[0]:.4f} dead codes reset {n_reset}")
     with torch.no_grad():
-        codes, _, _ = model.quantize(model.encoder(x))
-    codes_np = codes.numpy().astype(np.int64)
-    return model, SemanticIds(codes_np, disambiguate(codes_np), tuple(cfg.codebook_sizes))  # type: ignore[arg-type]
+        codes, _, residuals = model.quantize(model.encoder(x))
+    raw = codes.numpy().astype(np.int64)
+    codes_np = spread_last_level(raw, residuals[-1].numpy(), model.codebooks[-1].detach().numpy())
+    return model, SemanticIds(codes_np, disambiguate(codes_np), tuple(cfg.codebook_sizes), raw_collision_rate(raw))  # type: ignore[arg-type]
+
+
+def raw_collision_rate(codes: np.ndarray) -> float:
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return float((counts[inverse.reshape(-1)] > 1).mean())

@@ -38,11 +38,22 @@ class SASRec(nn.Module):
         mask = mask.repeat_interleave(self.blocks.layers[0].self_attn.num_heads, dim=0)
         return self.ln(self.blocks(self.drop(x), mask=mask))
 
-    def loss(self, seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, seq: torch.Tensor, target: torch.Tensor, negatives: int = 4096) -> torch.Tensor:
+        """Softmax over the target and ``negatives`` uniformly drawn items shared by the batch.
+
+        (The original SASRec used one negative per position; a full softmax at every position
+        costs ~1 GB of logits per batch at 20k items on CPU.)
+        """
         h = self.forward(seq)
         valid = target != self.n_items
-        logits = h[valid] @ self.item_emb.weight[: self.n_items].T
-        return F.cross_entropy(logits, target[valid])
+        h, t = h[valid], target[valid]
+        if negatives >= self.n_items:
+            return F.cross_entropy(h @ self.item_emb.weight[: self.n_items].T, t)
+        neg = torch.randint(0, self.n_items, (negatives,))
+        pos_logit = (h * self.item_emb(t)).sum(-1, keepdim=True)
+        neg_logit = h @ self.item_emb(neg).T
+        neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], -math.inf)  # a sampled target is not a negative
+        return F.cross_entropy(torch.cat([pos_logit, neg_logit], dim=1), torch.zeros_like(t))
 
     @torch.no_grad()
     def scores(self, seq: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,11 @@ def _time_bucket(dt_seconds: torch.Tensor, n: int) -> torch.Tensor:
     return torch.log2(1 + dt_seconds.clamp(min=0) / 60.0).floor().clamp(max=n - 1).long()
 
 
+def _normalise(w: torch.Tensor) -> torch.Tensor:
+    """Key weights divided by the number of tokens they stand for: the pointwise 1/L scaling."""
+    return w / w.sum(dim=-1, keepdim=True).clamp(min=1.0)
+
+
 def _head_bias(table: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
     """(H, buckets) table indexed by (Nq,Nk) or (B,Nq,Nk) buckets -> broadcastable (B|1, H, Nq, Nk)."""
     b = table[:, bucket]
@@ -93,7 +98,8 @@ class HSTULayer(nn.Module):
         return _pos_bucket(dpos, self.cfg.pos_buckets) * self.cfg.time_buckets + _time_bucket(dt, self.cfg.time_buckets)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
-        """q (B,Nq,d); k, v (B,Nk,d); w and bucket broadcastable to (B,Nq,Nk). Returns (B,Nq,d)."""
+        """q (B,Nq,d); k, v (B,Nk,d); w (row-normalised key weights) and bucket broadcastable to
+        (B,Nq,Nk). Returns (B,Nq,d)."""
         b, nq, _ = q.shape
         nk = k.shape[1]
         qh = q.view(b, nq, self.h, self.dh).transpose(1, 2)
@@ -102,7 +108,7 @@ class HSTULayer(nn.Module):
         table = (self.pos_bias[:, :, None] + self.time_bias[:, None, :]).reshape(self.h, -1)
         scores = qh @ kh.transpose(-1, -2) / math.sqrt(self.dh) + _head_bias(table, bucket)
         w = w.unsqueeze(1) if w.dim() == 3 else w
-        a = F.silu(scores) * (w / w.sum(dim=-1, keepdim=True).clamp(min=1.0))
+        a = F.silu(scores) * w
         return (a @ vh).transpose(1, 2).reshape(b, nq, self.h * self.dh)
 
     def finish(self, x: torch.Tensor, o: torch.Tensor, u: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -313,11 +319,12 @@ class UGTEncoder(nn.Module):
         dpos = (pos[:, None] - key_pos[None, :]).float()
         dt = (time[:, :, None] - key_time[:, None, :]).float()
         bucket = self.layers[0].bias_index(dpos.expand_as(dt), dt)
+        wn = _normalise(w)
         for layer in self.layers:
             u, v, q, k = layer.project(x, types)
             if compression:
                 k, v = self._augment(k, nb), self._augment(v, nb)
-            x = layer.finish(x, layer.attend(q, k, v, w, bucket), u, types)
+            x = layer.finish(x, layer.attend(q, k, v, wn, bucket), u, types)
         out = self.ln_out(x, types)
         ctx = tokens.length - 1
         user = self.user_proj(out[torch.arange(b), ctx])
@@ -393,7 +400,7 @@ class UGTEncoder(nn.Module):
             ktime = torch.cat([ctime, time])
             dpos = (pos[:, None] - kpos[None, :]).float()
             dt = (time[:, None] - ktime[None, :]).float()
-            x_new = layer.finish(x, layer.attend(q, keys, vals, w[None], layer.bias_index(dpos, dt)), u, types)
+            x_new = layer.finish(x, layer.attend(q, keys, vals, _normalise(w)[None], layer.bias_index(dpos, dt)), u, types)
             if cache:
                 s.ex_k[li] = torch.cat([s.ex_k[li], k[0]])
                 s.ex_v[li] = torch.cat([s.ex_v[li], v[0]])

@@ -1,0 +1,48 @@
+from dataclasses import dataclass
+
+import numpy as np
+
+from genrec.data.schema import History
+from genrec.ensemble.encoder_cache import EncoderCache
+
+
+@dataclass
+class FakeState:  # a narrow stand-in: the cache only needs nbytes()
+    size: int
+
+    def nbytes(self) -> int:
+        return self.size
+
+
+def hist(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return History(rng.integers(0, 9, n), rng.integers(0, 4, n), np.arange(n) * 10, np.zeros(n, np.int64))
+
+
+def test_hit_on_extended_prefix_and_miss_on_edit():
+    cache = EncoderCache(1000)
+    h = hist(10)
+    cache.store("u", h.head(6), FakeState(100))
+    state, n = cache.take("u", h)
+    assert state is not None and n == 6
+    cache.store("u", h, state)
+    edited = History(h.item.copy(), h.action, h.timestamp, h.device)
+    edited.item[2] += 1
+    assert cache.take("u", edited) == (None, 0)  # a changed past is a miss, not a wrong hit
+    assert cache.stats.hits == 1 and cache.stats.misses == 1
+    assert cache.take("u", h) == (None, 0)  # the failed take removed the stale entry
+
+
+def test_lru_eviction_by_bytes():
+    cache = EncoderCache(250)
+    for u in "abc":
+        cache.store(u, hist(3), FakeState(100))
+    assert cache.stats.evictions == 1 and cache.stats.bytes == 200 and cache.stats.entries == 2
+    assert cache.take("a", hist(3)) == (None, 0)
+    s, _ = cache.take("b", hist(3))
+    assert s is not None
+    cache.store("b", hist(3), s)  # b is now most recent
+    cache.store("d", hist(3), FakeState(100))
+    assert cache.take("c", hist(3)) == (None, 0)  # c was least recently used
+    cache.store("huge", hist(3), FakeState(10_000))  # larger than the cache: not stored
+    assert cache.stats.bytes <= 250

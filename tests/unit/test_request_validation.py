@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from genrec.ensemble.request_validation import validate_excluded, validate_history, validate_options
+from genrec.errors import GenrecError, HistoryTooLongError, InvalidValueError, UnknownItemError
+from genrec.settings import PipelineConfig
+
+CFG = PipelineConfig(max_history_events=5, max_excluded_items=3)
+
+
+def ok(n=3):
+    return dict(item=np.arange(n), action=np.zeros(n, np.int64), timestamp=np.arange(n) + 1_700_000_000, device=np.zeros(n, np.int64))
+
+
+def test_valid_history_passes():
+    h = validate_history(**ok(), n_items=10, n_devices=3, cfg=CFG)
+    assert len(h) == 3
+    assert len(validate_history(**ok(0), n_items=10, n_devices=3, cfg=CFG)) == 0  # empty is cold start, not an error
+
+
+@pytest.mark.parametrize(
+    "patch, error, match",
+    [
+        ({"item": np.array([0, 1, 99])}, UnknownItemError, "99"),
+        ({"item": np.array([0, -1, 2])}, UnknownItemError, "-1"),
+        ({"timestamp": np.array([1.0, np.nan, 3.0])}, InvalidValueError, "NaN"),
+        ({"timestamp": np.array([3, 2, 1])}, InvalidValueError, "oldest first"),
+        ({"timestamp": np.array([1, 2, 10**12])}, InvalidValueError, "unix seconds"),
+        ({"action": np.array([0, 7, 0])}, InvalidValueError, "action"),
+        ({"device": np.array([0, 0])}, InvalidValueError, "has 2 values"),
+        ({"item": np.array(["a", "b", "c"])}, InvalidValueError, "dtype"),
+        ({"item": np.zeros((3, 1), np.int64)}, InvalidValueError, "1-D"),
+        ({"item": np.array([0.5, 1.0, 2.0])}, InvalidValueError, "integers"),
+    ],
+)
+def test_bad_history_gets_a_typed_error_naming_the_field(patch, error, match):
+    with pytest.raises(error, match=match):
+        validate_history(**{**ok(), **patch}, n_items=10, n_devices=3, cfg=CFG)
+
+
+def test_oversized_history():
+    with pytest.raises(HistoryTooLongError, match="cap of 5"):
+        validate_history(**ok(6), n_items=10, n_devices=3, cfg=CFG)
+
+
+def test_excluded_and_options():
+    assert validate_excluded([1, 2], 10, CFG).tolist() == [1, 2]
+    assert validate_excluded(None, 10, CFG).size == 0
+    with pytest.raises(UnknownItemError):
+        validate_excluded([11], 10, CFG)
+    with pytest.raises(InvalidValueError, match="cap of 3"):
+        validate_excluded([1, 2, 3, 4], 10, CFG)
+    assert validate_options(CFG).beam_widths == CFG.beam_widths
+    assert validate_options(CFG, beam_widths=[4, 8, 16]).beam_widths == (4, 8, 16)
+    for bad in ([0, 1, 2], [-5], [10**6], [1, 2]):
+        with pytest.raises(InvalidValueError, match="beam_width"):
+            validate_options(CFG, beam_widths=bad)
+    with pytest.raises(InvalidValueError, match="top_k"):
+        validate_options(CFG, final_k=0)
+    assert issubclass(InvalidValueError, GenrecError) and issubclass(GenrecError, ValueError)

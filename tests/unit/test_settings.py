@@ -1,0 +1,36 @@
+import pytest
+
+from genrec.settings import NAMED_CONFIGS, config_from_dict, env_overrides, named_config, with_overrides
+
+
+def test_named_configs_build_and_roundtrip():
+    for name in NAMED_CONFIGS:
+        cfg = named_config(name, environ={})
+        assert cfg.name == name
+        assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_full_has_the_design_sizes():
+    cfg = named_config("full", environ={})
+    assert cfg.semantic_id.codebook_sizes == (1024, 4096, 16384)
+    assert cfg.encoder.n_layers == 12
+    assert (cfg.decoder.n_experts, cfg.decoder.top_k) == (16, 4)
+
+
+def test_env_overrides_are_typed():
+    env = {"GENREC_CONFIG": "tiny", "GENREC_ENCODER__N_LAYERS": "3", "GENREC_ENCODER__COMPRESSION": "off", "GENREC_PIPELINE__BEAM_WIDTHS": "4,8,16"}
+    cfg = named_config(environ=env)
+    assert cfg.name == "tiny"
+    assert cfg.encoder.n_layers == 3
+    assert cfg.encoder.compression is False
+    assert cfg.pipeline.beam_widths == (4, 8, 16)
+    assert env_overrides(env) == {"encoder.n_layers": "3", "encoder.compression": "off", "pipeline.beam_widths": "4,8,16"}
+
+
+def test_unknown_setting_and_config_fail_clearly():
+    with pytest.raises(KeyError, match="unknown setting"):
+        with_overrides(named_config("tiny", environ={}), {"encoder.nope": "1"})
+    with pytest.raises(KeyError, match="unknown config"):
+        named_config("huge", environ={})
+    with pytest.raises(ValueError, match="not a boolean"):
+        with_overrides(named_config("tiny", environ={}), {"encoder.compression": "maybe"})
