@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from genrec.ensemble.beam_search import Generated
 
 NOT_GENERATED_RANK = 10_000  # beam rank given to items that only ANN found
@@ -26,8 +25,10 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
-    def take(self, idx: np.ndarray) -> "Candidates":
-        return Candidates(self.items[idx], self.gen_logprob[idx], self.beam_rank[idx], self.in_gen[idx], self.ann_sim[idx], self.in_ann[idx])
+    def take(self, idx: np.ndarray) -> Candidates:
+        return Candidates(
+            self.items[idx], self.gen_logprob[idx], self.beam_rank[idx], self.in_gen[idx], self.ann_sim[idx], self.in_ann[idx]
+        )
 
 
 def merge(gen: Generated, ann_items: np.ndarray, user_vec: np.ndarray, item_vecs: np.ndarray, max_candidates: int) -> Candidates:

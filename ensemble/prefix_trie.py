@@ -36,7 +36,7 @@ class PrefixTrie:
         return int(self.item_path.shape[0])
 
     @staticmethod
-    def build(codes: np.ndarray, codebook_sizes: tuple[int, int, int]) -> "PrefixTrie":
+    def build(codes: np.ndarray, codebook_sizes: tuple[int, int, int]) -> PrefixTrie:
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] != N_LEVELS:
             raise ValueError(f"codes must be (n_items, {N_LEVELS}), got {codes.shape}")
@@ -61,7 +61,9 @@ class PrefixTrie:
             parent, n_parents = node, uniq.size
         order = np.argsort(parent, kind="stable")
         leaf_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=n_parents))]).astype(np.int64)
-        return PrefixTrie(tuple(codebook_sizes), tuple(ptrs), tuple(ccodes), tuple(cnodes), leaf_ptr, order.astype(np.int64), path, tuple(counts))
+        return PrefixTrie(
+            tuple(codebook_sizes), tuple(ptrs), tuple(ccodes), tuple(cnodes), leaf_ptr, order.astype(np.int64), path, tuple(counts)
+        )
 
     def counts_without(self, excluded: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """Per-depth item counts with ``excluded`` items removed (a per-request copy)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from genrec.ensemble.cascade import Candidates
 
 FEATURE_NAMES = (

@@ -47,7 +47,9 @@ def validate_history(
     n = items.size
     if n > cfg.max_history_events:
         raise HistoryTooLongError(n, cfg.max_history_events)
-    actions, times, devices = (_int_array(name, v) for name, v in (("history_actions", action), ("history_timestamps", timestamp), ("history_devices", device)))
+    actions, times, devices = (
+        _int_array(name, v) for name, v in (("history_actions", action), ("history_timestamps", timestamp), ("history_devices", device))
+    )
     for name, arr in (("history_actions", actions), ("history_timestamps", times), ("history_devices", devices)):
         if arr.size != n:
             raise InvalidValueError(name, f"has {arr.size} values but history_items has {n}")
@@ -75,7 +77,9 @@ def validate_excluded(excluded: object, n_items: int, cfg: PipelineConfig) -> np
     return ex
 
 
-def validate_options(cfg: PipelineConfig, beam_widths: object = None, ann_candidates: object = None, final_k: object = None) -> RequestOptions:
+def validate_options(
+    cfg: PipelineConfig, beam_widths: object = None, ann_candidates: object = None, final_k: object = None
+) -> RequestOptions:
     widths = cfg.beam_widths if beam_widths is None else tuple(int(w) for w in np.atleast_1d(np.asarray(beam_widths)))
     if len(widths) == 1:
         widths = (min(widths[0], cfg.beam_widths[0]), min(widths[0], cfg.beam_widths[1]), widths[0])

@@ -22,7 +22,11 @@ class ExactIndex:
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.vectors.shape[0])
         scores = np.atleast_2d(vectors).astype(np.float32) @ self.vectors.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+        part = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k < scores.shape[1]
+            else np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+        )
         s = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-s, axis=1, kind="stable")
         return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(s, order, axis=1)

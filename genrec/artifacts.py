@@ -8,11 +8,11 @@ import os
 import platform
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 DEFAULT_ROOT = Path(os.environ.get("GENREC_ARTIFACTS", "artifacts")) / "runs"
 _RUN = re.compile(r"^(?P<name>[a-z0-9_]+)-(?P<n>\d{3,})$")
@@ -33,7 +33,7 @@ def machine() -> dict[str, object]:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def runs(root: Path = DEFAULT_ROOT, name: str | None = None) -> list[Path]:

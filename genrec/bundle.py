@@ -60,7 +60,9 @@ class ModelBundle:
             self.item_vectors = self.encoder.item_embeddings().numpy().astype(np.float32)
 
 
-def build_models(cfg: Config, item_features: np.ndarray, sem: SemanticIds, n_segments: int, n_devices: int) -> tuple[UGTEncoder, MoEDecoder]:
+def build_models(
+    cfg: Config, item_features: np.ndarray, sem: SemanticIds, n_segments: int, n_devices: int
+) -> tuple[UGTEncoder, MoEDecoder]:
     enc = UGTEncoder(cfg.encoder, item_features, sem.codes, sem.codebook_sizes, n_segments, n_devices)
     dec = MoEDecoder(cfg.decoder, sem.codebook_sizes, cfg.encoder.d_model)
     return enc, dec
@@ -94,9 +96,20 @@ def load_bundle(path: str | Path) -> ModelBundle:
     ranker = lgb.Booster(model_file=str(path / "ranker.txt")) if (path / "ranker.txt").exists() else None
     pipeline = json.loads((path / "pipeline.json").read_text()) if (path / "pipeline.json").exists() else {"prerank_weight": 1.0}
     b = ModelBundle(
-        path, cfg, enc, dec, sasrec, ranker, float(pipeline["prerank_weight"]), items, sem,
-        PrefixTrie.build(sem.codes, sem.codebook_sizes), np.zeros((0, 0), dtype=np.float32),
-        manifest["n_devices"], manifest["n_segments"], manifest,
+        path,
+        cfg,
+        enc,
+        dec,
+        sasrec,
+        ranker,
+        float(pipeline["prerank_weight"]),
+        items,
+        sem,
+        PrefixTrie.build(sem.codes, sem.codebook_sizes),
+        np.zeros((0, 0), dtype=np.float32),
+        manifest["n_devices"],
+        manifest["n_segments"],
+        manifest,
     )
     b.refresh_item_vectors()
     return b

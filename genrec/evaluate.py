@@ -46,7 +46,11 @@ def test_requests(ds: Dataset, split: Split, users: np.ndarray, max_events: int)
     for u in users:
         end, target = split.test_target(ds.events, int(u))
         s = max(int(split.offsets[u]), end - max_events)
-        reqs.append(RecommendRequest(_history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])))
+        reqs.append(
+            RecommendRequest(
+                _history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])
+            )
+        )
         targets.append(int(ds.events.item[target]))
     return reqs, np.array(targets)
 
@@ -123,7 +127,11 @@ def evaluate(bundle: ModelBundle, max_users: int | None = None, progress=print) 
         "run": str(bundle.path),
         "n_users": len(reqs),
         "history_events": {"mean": float(lengths.mean()), "p50": float(np.median(lengths)), "max": int(lengths.max())},
-        "compression": {"recent_tokens": bundle.cfg.encoder.recent_tokens, "block_tokens": bundle.cfg.encoder.block_tokens, "slots": bundle.cfg.encoder.slots},
+        "compression": {
+            "recent_tokens": bundle.cfg.encoder.recent_tokens,
+            "block_tokens": bundle.cfg.encoder.block_tokens,
+            "slots": bundle.cfg.encoder.slots,
+        },
         "created": now_iso(),
         "versions": versions(),
         "machine": machine(),

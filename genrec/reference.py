@@ -116,19 +116,29 @@ class ReferencePipeline:
         self.ann = ann or ExactIndex(bundle.item_vectors)
 
     # ---- validation ---------------------------------------------------------------------------
-    def validate(self, item, action, timestamp, device, segment: int = 0, ctx_device: int = 0, excluded=None, **options) -> RecommendRequest:
+    def validate(
+        self, item, action, timestamp, device, segment: int = 0, ctx_device: int = 0, excluded=None, **options
+    ) -> RecommendRequest:
         h = validate_history(item, action, timestamp, device, self.b.n_items, self.b.n_devices, self.cfg)
         if not 0 <= segment < self.b.n_segments:
             raise InvalidValueError("segment", f"expected [0, {self.b.n_segments})")
         if not 0 <= ctx_device < self.b.n_devices:
             raise InvalidValueError("ctx_device", f"expected [0, {self.b.n_devices})")
-        return RecommendRequest(h, segment, ctx_device, excluded=validate_excluded(excluded, self.b.n_items, self.cfg), options=validate_options(self.cfg, **options))
+        return RecommendRequest(
+            h,
+            segment,
+            ctx_device,
+            excluded=validate_excluded(excluded, self.b.n_items, self.cfg),
+            options=validate_options(self.cfg, **options),
+        )
 
     # ---- stages ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, reqs: list[RecommendRequest]) -> EncoderOutput:
         """Whole-history encoding of a batch (no cache)."""
-        tokens = build_tokens([r.history for r in reqs], [r.segment for r in reqs], [r.ctx_device for r in reqs], [r.request_time() for r in reqs])
+        tokens = build_tokens(
+            [r.history for r in reqs], [r.segment for r in reqs], [r.ctx_device for r in reqs], [r.request_time() for r in reqs]
+        )
         return self.b.encoder.forward_dense(tokens, compression=self.compression)
 
     @torch.no_grad()
@@ -139,7 +149,12 @@ class ReferencePipeline:
         state, n_cached = self.encoder_cache.take(req.user_id, req.history)
         if state is None:
             state = enc.init_state()
-        enc.extend(state, History(*(a[n_cached:] for a in (req.history.item, req.history.action, req.history.timestamp, req.history.device))), req.segment, self.compression)
+        enc.extend(
+            state,
+            History(*(a[n_cached:] for a in (req.history.item, req.history.action, req.history.timestamp, req.history.device))),
+            req.segment,
+            self.compression,
+        )
         out = enc.query(state, req.ctx_device, req.request_time(), req.segment, self.compression)
         if len(req.history):
             self.encoder_cache.store(req.user_id, req.history, state)
@@ -162,7 +177,9 @@ class ReferencePipeline:
         cands = merge(gen, ann_items, user_vec, self.b.item_vectors, opts.max_candidates)
         pre = prerank_scores(cands, self.b.prerank_weight)
         kept = top_k(pre, opts.prerank_keep)
-        feats = ranking_features(cands.take(kept), pre[kept], self.b.items, req.history.item, req.history.timestamp, float(req.request_time()))
+        feats = ranking_features(
+            cands.take(kept), pre[kept], self.b.items, req.history.item, req.history.timestamp, float(req.request_time())
+        )
         return CascadeTrace(gen, cands, pre, kept, feats)
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +207,9 @@ class ReferencePipeline:
         t["generate"] = time.perf_counter()
         opts = req.options or validate_options(self.cfg)
         user = enc.user.numpy()
-        ann = search_excluding(self.ann, user, opts.ann_candidates, [req.excluded])[0] if opts.ann_candidates else np.zeros(0, dtype=np.int64)
+        ann = (
+            search_excluding(self.ann, user, opts.ann_candidates, [req.excluded])[0] if opts.ann_candidates else np.zeros(0, dtype=np.int64)
+        )
         t["retrieve"] = time.perf_counter()
         trace = self.cascade(gens[0], user[0], ann, req)
         t["prerank"] = time.perf_counter()
@@ -200,7 +219,13 @@ class ReferencePipeline:
         return Recommendation(
             items,
             scores,
-            {"generated": len(gens[0].items), "candidates": len(trace.candidates), "preranked": len(trace.kept), "returned": len(items), "beams_pruned": pruned},
+            {
+                "generated": len(gens[0].items),
+                "candidates": len(trace.candidates),
+                "preranked": len(trace.kept),
+                "returned": len(items),
+                "beams_pruned": pruned,
+            },
             {s: (t[s] - t[p]) * 1e3 for p, s in zip(stages, stages[1:])},
         )
 

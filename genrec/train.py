@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from genrec.artifacts import DEFAULT_ROOT, machine, new_run, now_iso, versions, write_json
 from genrec.bundle import ModelBundle, build_models, sasrec_for
 from genrec.data.movielens import load_movielens
-from genrec.data.schema import Dataset, History, user_history
+from genrec.data.schema import Dataset, History
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
-from genrec.ensemble.cascade import merge, prerank_scores, top_k
+from genrec.ensemble.cascade import prerank_scores, top_k
 from genrec.ensemble.prefix_trie import PrefixTrie
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.item_features import item_feature_matrix
@@ -69,7 +69,9 @@ def draw_samples(split: Split, cfg: Config, rng: np.random.Generator) -> list[Sa
 def _history(ds: Dataset, start: int, end: int) -> History:
     ev = ds.events
     sl = slice(start, end)
-    return History(ev.item[sl].astype(np.int64), ev.action[sl].astype(np.int64), ev.timestamp[sl].astype(np.int64), ev.device[sl].astype(np.int64))
+    return History(
+        ev.item[sl].astype(np.int64), ev.action[sl].astype(np.int64), ev.timestamp[sl].astype(np.int64), ev.device[sl].astype(np.int64)
+    )
 
 
 def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
@@ -112,7 +114,9 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
             n += 1
         totals /= max(n, 1)
         history = {"generation_loss": totals[0], "retrieval_loss": totals[1], "balance_loss": totals[2]}
-        log(f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples)")
+        log(
+            f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples)"
+        )
     enc.eval()
     dec.eval()
     return history
@@ -148,13 +152,19 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]
     return model, loss_val
 
 
-def validation_requests(ds: Dataset, split: Split, users: np.ndarray, pipeline: ReferencePipeline) -> tuple[list[RecommendRequest], np.ndarray]:
+def validation_requests(
+    ds: Dataset, split: Split, users: np.ndarray, pipeline: ReferencePipeline
+) -> tuple[list[RecommendRequest], np.ndarray]:
     """History up to the validation target, and the target (events[-2]) for each user."""
     reqs, targets = [], []
     for u in users:
         end, target = split.validation_target(ds.events, int(u))
         s = max(int(split.offsets[u]), end - pipeline.cfg.max_history_events)
-        reqs.append(RecommendRequest(_history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])))
+        reqs.append(
+            RecommendRequest(
+                _history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])
+            )
+        )
         targets.append(int(ds.events.item[target]))
     return reqs, np.array(targets)
 
@@ -222,7 +232,9 @@ def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, 
     timed("semantic_ids", t0)
 
     t0 = time.perf_counter()
-    log(f"[generative] UGT encoder {cfg.encoder.n_layers}x{cfg.encoder.d_model} + MoE decoder {cfg.decoder.n_experts} experts top-{cfg.decoder.top_k}")
+    log(
+        f"[generative] UGT encoder {cfg.encoder.n_layers}x{cfg.encoder.d_model} + MoE decoder {cfg.decoder.n_experts} experts top-{cfg.decoder.top_k}"
+    )
     enc, dec = build_models(cfg, feats, sem, ds.users.n_segments, cfg.data.n_devices)
     gen_losses = train_generative(ds, split, enc, dec, cfg)
     timed("generative", t0)
@@ -236,7 +248,13 @@ def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, 
         timed("sasrec", t0)
 
     counts = np.bincount(train_events.item, minlength=ds.catalogue.n_items)
-    items = ItemTable(ds.catalogue.category.astype(np.int64), ds.catalogue.author.astype(np.int64), ds.catalogue.kind.astype(np.int64), np.log1p(counts).astype(np.float64), ds.catalogue.n_categories)
+    items = ItemTable(
+        ds.catalogue.category.astype(np.int64),
+        ds.catalogue.author.astype(np.int64),
+        ds.catalogue.kind.astype(np.int64),
+        np.log1p(counts).astype(np.float64),
+        ds.catalogue.n_categories,
+    )
     manifest = {
         "config": cfg.name,
         "dataset": ds.name,
@@ -251,7 +269,22 @@ def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, 
         "versions": versions(),
         "machine": machine(),
     }
-    bundle = ModelBundle(Path("."), cfg, enc, dec, sasrec, None, 1.0, items, sem, PrefixTrie.build(sem.codes, sem.codebook_sizes), np.zeros((0, 0), np.float32), cfg.data.n_devices, ds.users.n_segments, manifest)
+    bundle = ModelBundle(
+        Path("."),
+        cfg,
+        enc,
+        dec,
+        sasrec,
+        None,
+        1.0,
+        items,
+        sem,
+        PrefixTrie.build(sem.codes, sem.codebook_sizes),
+        np.zeros((0, 0), np.float32),
+        cfg.data.n_devices,
+        ds.users.n_segments,
+        manifest,
+    )
     bundle.refresh_item_vectors()
 
     t0 = time.perf_counter()
@@ -266,7 +299,14 @@ def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, 
         write_json(d / "config.json", cfg.to_dict())
         np.save(d / "item_features.npy", feats)
         np.savez(d / "semantic_ids.npz", codes=sem.codes, disambiguation=sem.disambiguation, codebook_sizes=np.array(sem.codebook_sizes))
-        np.savez(d / "item_table.npz", category=items.category, author=items.author, kind=items.kind, log_popularity=items.log_popularity, n_categories=items.n_categories)
+        np.savez(
+            d / "item_table.npz",
+            category=items.category,
+            author=items.author,
+            kind=items.kind,
+            log_popularity=items.log_popularity,
+            n_categories=items.n_categories,
+        )
         torch.save(rq.state_dict(), d / "rqvae.pt")
         torch.save(enc.state_dict(), d / "encoder.pt")
         torch.save(dec.state_dict(), d / "decoder.pt")
@@ -275,7 +315,10 @@ def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, 
         assert bundle.ranker is not None
         bundle.ranker.save_model(str(d / "ranker.txt"))
         write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
-        write_json(d / "metrics.json", {"semantic_ids": sid_report, "train": {**gen_losses, "sasrec_loss": sasrec_loss}, "cascade_fit": cascade_report})
+        write_json(
+            d / "metrics.json",
+            {"semantic_ids": sid_report, "train": {**gen_losses, "sasrec_loss": sasrec_loss}, "cascade_fit": cascade_report},
+        )
         write_json(d / "manifest.json", manifest)
     assert run.final is not None
     log(f"[done] {run.final} in {timings['total']:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total"))

@@ -73,7 +73,7 @@ class Events:
         counts = np.bincount(self.user, minlength=self.n_users)
         return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
-    def subset(self, mask: np.ndarray) -> "Events":
+    def subset(self, mask: np.ndarray) -> Events:
         return Events(self.user[mask], self.item[mask], self.action[mask], self.timestamp[mask], self.device[mask], self.n_users)
 
 
@@ -116,14 +116,14 @@ class History:
     def __len__(self) -> int:
         return int(self.item.shape[0])
 
-    def tail(self, n: int) -> "History":
+    def tail(self, n: int) -> History:
         return History(self.item[-n:], self.action[-n:], self.timestamp[-n:], self.device[-n:]) if n < len(self) else self
 
-    def head(self, n: int) -> "History":
+    def head(self, n: int) -> History:
         return History(self.item[:n], self.action[:n], self.timestamp[:n], self.device[:n])
 
     @staticmethod
-    def empty() -> "History":
+    def empty() -> History:
         z = np.zeros(0, dtype=np.int64)
         return History(z, z, z, z)
 

@@ -139,7 +139,9 @@ def generate(cfg: DataConfig) -> Dataset:
     pos = 0
     for u in range(n_users):
         k = int(rng.integers(2, 5))
-        interests = np.where(rng.random(k) < 0.5, seg_cats[segment[u], rng.integers(0, 3, size=k)], rng.integers(0, cfg.n_categories, size=k))
+        interests = np.where(
+            rng.random(k) < 0.5, seg_cats[segment[u], rng.integers(0, 3, size=k)], rng.integers(0, cfg.n_categories, size=k)
+        )
         weights = rng.dirichlet(np.ones(k))
         t = _START + int(rng.integers(0, 60 * _DAY))
         prev = -1

@@ -139,7 +139,9 @@ class MoEDecoder(nn.Module):
             a = F.softmax(q @ k.transpose(-1, -2) / math.sqrt(layer.dh) + causal, dim=-1) @ v
             x = x + layer.drop(layer.self_out(layer.merge(a)))
             ck, cv = layer.memory_kv(mem)
-            x = x + layer.drop(layer.cross_out(layer.merge(self._cross(layer, layer.heads(layer.cross_q(layer.ln2(x))), ck, cv, memory_logw))))
+            x = x + layer.drop(
+                layer.cross_out(layer.merge(self._cross(layer, layer.heads(layer.cross_q(layer.ln2(x))), ck, cv, memory_logw)))
+            )
             y, l_aux = layer.moe(layer.ln3(x))
             x = x + layer.drop(y)
             aux = aux + l_aux

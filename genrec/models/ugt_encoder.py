@@ -140,7 +140,14 @@ def event_tokens(h: History, first_position: int) -> dict[str, np.ndarray]:
     device = np.zeros(n, dtype=np.int64)
     device[1::2] = h.device
     time = np.repeat(h.timestamp.astype(np.float64), 2)
-    return {"item": item, "action": action, "device": device, "types": types, "time": time, "pos": np.arange(first_position, first_position + n)}
+    return {
+        "item": item,
+        "action": action,
+        "device": device,
+        "types": types,
+        "time": time,
+        "pos": np.arange(first_position, first_position + n),
+    }
 
 
 def build_tokens(histories: list[History], segments: list[int], ctx_device: list[int], ctx_time: list[int]) -> TokenBatch:
@@ -155,7 +162,11 @@ def build_tokens(histories: list[History], segments: list[int], ctx_device: list
         ev = event_tokens(h, 1)
         m = 2 * len(h)
         item[r, 1 : m + 1], action[r, 1 : m + 1], device[r, 1 : m + 1], types[r, 1 : m + 1], time[r, 1 : m + 1] = (
-            ev["item"], ev["action"], ev["device"], ev["types"], ev["time"]
+            ev["item"],
+            ev["action"],
+            ev["device"],
+            ev["types"],
+            ev["time"],
         )
         time[r, 0] = h.timestamp[0] if len(h) else ctx_time[r]
         types[r, 0] = USER
@@ -200,7 +211,11 @@ class EncoderState:
 
     def nbytes(self) -> int:
         ts = [*self.ex_k, *self.ex_v, *self.sl_k, *self.sl_v, *self.su_k, *self.su_v]
-        ts += [t for t in (self.ex_out, self.ex_pos, self.ex_time, self.ex_types, self.sl_out, self.sl_pos, self.sl_time, self.su_out) if t is not None]
+        ts += [
+            t
+            for t in (self.ex_out, self.ex_pos, self.ex_time, self.ex_types, self.sl_out, self.sl_pos, self.sl_time, self.su_out)
+            if t is not None
+        ]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -311,7 +326,6 @@ class UGTEncoder(nn.Module):
         x = self._embed(item, action, device, types, time, tokens.segment)
         pos = torch.arange(np_, dtype=torch.float64)
         if compression:
-            c = self.cfg.block_tokens
             key_pos = self._augment(pos.unsqueeze(0), nb)[0]
             key_time = self._augment(time, nb)
         else:
@@ -338,10 +352,20 @@ class UGTEncoder(nn.Module):
         z = torch.zeros(0, d)
         nl = len(self.layers)
         return EncoderState(
-            ex_k=[z] * nl, ex_v=[z] * nl, ex_out=z, ex_pos=torch.zeros(0, dtype=torch.float64), ex_time=torch.zeros(0, dtype=torch.float64),
+            ex_k=[z] * nl,
+            ex_v=[z] * nl,
+            ex_out=z,
+            ex_pos=torch.zeros(0, dtype=torch.float64),
+            ex_time=torch.zeros(0, dtype=torch.float64),
             ex_types=torch.zeros(0, dtype=torch.long),
-            sl_k=[z] * nl, sl_v=[z] * nl, sl_out=z, sl_pos=torch.zeros(0, dtype=torch.float64), sl_time=torch.zeros(0, dtype=torch.float64),
-            su_k=[torch.zeros(d)] * nl, su_v=[torch.zeros(d)] * nl, su_out=torch.zeros(d),
+            sl_k=[z] * nl,
+            sl_v=[z] * nl,
+            sl_out=z,
+            sl_pos=torch.zeros(0, dtype=torch.float64),
+            sl_time=torch.zeros(0, dtype=torch.float64),
+            su_k=[torch.zeros(d)] * nl,
+            su_v=[torch.zeros(d)] * nl,
+            su_out=torch.zeros(d),
         )
 
     def _advance(self, s: EncoderState, block: int) -> None:
@@ -380,14 +404,18 @@ class UGTEncoder(nn.Module):
         su = s.su_count > 0
         k = torch.cat([s.su_k[layer][None] / n, s.sl_k[layer], s.ex_k[layer]])
         v = torch.cat([s.su_v[layer][None] / n, s.sl_v[layer], s.ex_v[layer]])
-        w = torch.cat([torch.tensor([c * s.su_count if su else 0.0]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel())])
+        w = torch.cat(
+            [torch.tensor([c * s.su_count if su else 0.0]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel())]
+        )
         pos = torch.cat([torch.tensor([s.su_pos / n], dtype=torch.float64), s.sl_pos, s.ex_pos])
         time = torch.cat([torch.tensor([s.su_time / n], dtype=torch.float64), s.sl_time, s.ex_time])
         return k, v, w, pos, time
 
     def _run_group(self, s: EncoderState, tok: dict[str, torch.Tensor], segment: int, compression: bool, cache: bool) -> torch.Tensor:
         """Run tokens of one block (or the CTX query) against the state; append them if ``cache``."""
-        x = self._embed(tok["item"][None], tok["action"][None], tok["device"][None], tok["types"][None], tok["time"][None], torch.tensor([segment]))
+        x = self._embed(
+            tok["item"][None], tok["action"][None], tok["device"][None], tok["types"][None], tok["time"][None], torch.tensor([segment])
+        )
         g = x.shape[1]
         types, pos, time = tok["types"][None], tok["pos"].double(), tok["time"]
         for li, layer in enumerate(self.layers):
@@ -448,8 +476,12 @@ class UGTEncoder(nn.Module):
         """Run the request's CTX token against a cached state: the decoder memory and user vector."""
         compression = self.cfg.compression if compression is None else compression
         tok = {
-            "item": torch.tensor([-1]), "action": torch.tensor([0]), "device": torch.tensor([ctx_device]), "types": torch.tensor([CONTEXT]),
-            "time": torch.tensor([float(ctx_time)], dtype=torch.float64), "pos": torch.tensor([s.n_tokens]),
+            "item": torch.tensor([-1]),
+            "action": torch.tensor([0]),
+            "device": torch.tensor([ctx_device]),
+            "types": torch.tensor([CONTEXT]),
+            "time": torch.tensor([float(ctx_time)], dtype=torch.float64),
+            "pos": torch.tensor([s.n_tokens]),
         }
         if s.n_tokens == 0:  # empty history (cold start): USER token then CTX; nothing is cached
             s = self._extend_tokens(self.init_state(), History.empty(), segment, compression, float(ctx_time))
@@ -459,7 +491,13 @@ class UGTEncoder(nn.Module):
         if compression:
             n = max(s.su_count, 1)
             mem = torch.cat([s.su_out[None] / n, s.sl_out, s.ex_out, out])
-            w = torch.cat([torch.tensor([c * s.su_count if s.su_count else 0.0]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel() + 1)])
+            w = torch.cat(
+                [
+                    torch.tensor([c * s.su_count if s.su_count else 0.0]),
+                    torch.full((s.sl_pos.numel(),), float(c)),
+                    torch.ones(s.ex_pos.numel() + 1),
+                ]
+            )
         else:
             mem = torch.cat([s.ex_out, out])
             w = torch.ones(mem.shape[0])

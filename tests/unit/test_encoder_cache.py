@@ -1,9 +1,9 @@
 from dataclasses import dataclass
 
 import numpy as np
+from genrec.ensemble.encoder_cache import EncoderCache
 
 from genrec.data.schema import History
-from genrec.ensemble.encoder_cache import EncoderCache
 
 
 @dataclass

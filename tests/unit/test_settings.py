@@ -18,7 +18,12 @@ def test_full_has_the_design_sizes():
 
 
 def test_env_overrides_are_typed():
-    env = {"GENREC_CONFIG": "tiny", "GENREC_ENCODER__N_LAYERS": "3", "GENREC_ENCODER__COMPRESSION": "off", "GENREC_PIPELINE__BEAM_WIDTHS": "4,8,16"}
+    env = {
+        "GENREC_CONFIG": "tiny",
+        "GENREC_ENCODER__N_LAYERS": "3",
+        "GENREC_ENCODER__COMPRESSION": "off",
+        "GENREC_PIPELINE__BEAM_WIDTHS": "4,8,16",
+    }
     cfg = named_config(environ=env)
     assert cfg.name == "tiny"
     assert cfg.encoder.n_layers == 3

@@ -25,7 +25,9 @@ def enc():
 
 
 def history(rng, n):
-    return History(rng.integers(0, N_ITEMS, n), rng.integers(0, 4, n), np.sort(rng.integers(0, 10**6, n)) + 1_700_000_000, rng.integers(0, 3, n))
+    return History(
+        rng.integers(0, N_ITEMS, n), rng.integers(0, 4, n), np.sort(rng.integers(0, 10**6, n)) + 1_700_000_000, rng.integers(0, 3, n)
+    )
 
 
 def incremental(enc, h, pieces, compression):

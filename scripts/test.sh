@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up, then run every test (unit + integration). CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+exec .venv/bin/python -m pytest -q --timeout=900 "$@"
