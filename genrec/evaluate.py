@@ -41,7 +41,7 @@ def metrics_at_k(ranked: list[np.ndarray], targets: np.ndarray, k: int = K) -> t
     return float(np.mean(hits)), float(np.mean(ndcg))
 
 
-def test_requests(ds: Dataset, split: Split, users: np.ndarray, max_events: int) -> tuple[list[RecommendRequest], np.ndarray]:
+def heldout_requests(ds: Dataset, split: Split, users: np.ndarray, max_events: int) -> tuple[list[RecommendRequest], np.ndarray]:
     reqs, targets = [], []
     for u in users:
         end, target = split.test_target(ds.events, int(u))
@@ -69,7 +69,7 @@ def evaluate(bundle: ModelBundle, max_users: int | None = None, progress=print) 
     split = leave_last_out(ds.events)
     users = split.eligible_users[:max_users] if max_users else split.eligible_users
     cap = bundle.cfg.pipeline.max_history_events
-    reqs, targets = test_requests(ds, split, users, cap)
+    reqs, targets = heldout_requests(ds, split, users, cap)
     order = np.argsort([len(r.history) for r in reqs], kind="stable")  # batch similar lengths
     rows: list[dict] = []
 

@@ -7,7 +7,7 @@ from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.data.schema import History
 from genrec.data.split import leave_last_out
 from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemError
-from genrec.evaluate import dataset_of, test_requests
+from genrec.evaluate import dataset_of, heldout_requests
 from genrec.reference import RecommendRequest, ReferencePipeline
 
 pytestmark = pytest.mark.integration
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def requests_(tiny_bundle):
     ds = dataset_of(tiny_bundle)
     split = leave_last_out(ds.events)
-    reqs, targets = test_requests(ds, split, split.eligible_users[:40], tiny_bundle.cfg.pipeline.max_history_events)
+    reqs, targets = heldout_requests(ds, split, split.eligible_users[:40], tiny_bundle.cfg.pipeline.max_history_events)
     return reqs, targets
 
 
