@@ -75,3 +75,19 @@ def test_training_is_reproducible(tiny_run, tiny_cfg, tmp_path):
 def test_every_command_has_help(cmd):
     out = subprocess.run([sys.executable, "-m", cmd, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_evaluate_trains_and_scores_a_movielens_file(tmp_path):
+    """The same command on a MovieLens-format file (written here from synthetic events)."""
+    from genrec.data.synthetic import generate
+    from genrec.settings import DataConfig
+
+    ds = generate(DataConfig(n_items=400, n_users=150, n_categories=8, n_authors=40, n_text_tokens=40, history_median=15, history_max=60))
+    ev = ds.events
+    lines = [f"{u + 1}\t{i + 1}\t{a + 2}\t{t}" for u, i, a, t in zip(ev.user, ev.item, ev.action, ev.timestamp)]
+    path = tmp_path / "u.data"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "quality.json"
+    assert evaluate_main(["--movielens", str(path), "--config", "tiny", "--artifacts", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "movielens:u.data" and {r["method"] for r in result["rows"]} == METHODS
