@@ -44,12 +44,10 @@ class MoE(nn.Module):
         top_w, top_i = probs.topk(self.k, dim=-1)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         y = torch.zeros_like(x)
-        for e in range(self.e):
+        for e in range(self.e):  # empty selections are fine (zero-row matmuls); no data-dependent branch, so it exports
             rows, slot = torch.nonzero(top_i == e, as_tuple=True)
-            if rows.numel() == 0:
-                continue
             h = F.silu(x[rows] @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
-            y.index_add_(0, rows, h * top_w[rows, slot].unsqueeze(-1))
+            y = y.index_put((rows,), h * top_w[rows, slot].unsqueeze(-1), accumulate=True)
         # Switch-transformer balance loss: E * sum_e (fraction routed to e) * (mean gate prob of e)
         frac = torch.bincount(top_i.flatten(), minlength=self.e).to(x.dtype) / top_i.numel()
         aux = self.e * (frac * probs.mean(dim=0)).sum()

@@ -265,7 +265,7 @@ class UGTEncoder(nn.Module):
         """All token kinds embedded, then picked by type. Shapes (B,N) (segment (B,))."""
         x_item = self.item_embeddings(item.clamp(min=0))
         x_action = self.action_emb(action) + self.device_emb(device)
-        hour = ((time // 3600) % 24).long()
+        hour = (torch.floor(time / 3600) - 24 * torch.floor(time / 86400)).long()  # export-friendly (time % 86400) // 3600
         x_ctx = self.ctx_device_emb(device) + self.hour_emb(hour)
         x_user = self.segment_emb(segment).unsqueeze(1).expand_as(x_item)
         t = types.unsqueeze(-1)
@@ -395,49 +395,71 @@ class UGTEncoder(nn.Module):
                 s.sl_k, s.sl_v = [k[1:] for k in s.sl_k], [v[1:] for v in s.sl_v]
                 s.sl_out, s.sl_pos, s.sl_time = s.sl_out[1:], s.sl_pos[1:], s.sl_time[1:]
 
-    def _context_keys(self, s: EncoderState, layer: int, compression: bool) -> tuple[torch.Tensor, ...]:
-        """Cached keys visible to the current block: (k, v, weights, pos, time)."""
+    def _context(self, s: EncoderState, compression: bool) -> tuple[torch.Tensor, ...]:
+        """Cached keys visible to the current block: k, v (L, Nc, d), weights, pos, time (Nc,)."""
         if not compression:
-            return s.ex_k[layer], s.ex_v[layer], torch.ones(s.ex_pos.numel()), s.ex_pos, s.ex_time
+            return torch.stack(s.ex_k), torch.stack(s.ex_v), torch.ones(s.ex_pos.numel()), s.ex_pos, s.ex_time
         c = self.cfg.block_tokens
         n = max(s.su_count, 1)
-        su = s.su_count > 0
-        k = torch.cat([s.su_k[layer][None] / n, s.sl_k[layer], s.ex_k[layer]])
-        v = torch.cat([s.su_v[layer][None] / n, s.sl_v[layer], s.ex_v[layer]])
-        w = torch.cat(
-            [torch.tensor([c * s.su_count if su else 0.0]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel())]
-        )
+        k = torch.stack([torch.cat([su[None] / n, sl, ex]) for su, sl, ex in zip(s.su_k, s.sl_k, s.ex_k)])
+        v = torch.stack([torch.cat([su[None] / n, sl, ex]) for su, sl, ex in zip(s.su_v, s.sl_v, s.ex_v)])
+        w = torch.cat([torch.tensor([float(c * s.su_count)]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel())])
         pos = torch.cat([torch.tensor([s.su_pos / n], dtype=torch.float64), s.sl_pos, s.ex_pos])
         time = torch.cat([torch.tensor([s.su_time / n], dtype=torch.float64), s.sl_time, s.ex_time])
         return k, v, w, pos, time
 
+    def block_forward(
+        self,
+        item: torch.Tensor,
+        action: torch.Tensor,
+        device: torch.Tensor,
+        types: torch.Tensor,
+        time: torch.Tensor,
+        pos: torch.Tensor,
+        segment: torch.Tensor,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+        ctx_w: torch.Tensor,
+        ctx_pos: torch.Tensor,
+        ctx_time: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """G new tokens of one block against explicit cached context keys (the exported graph).
+
+        Token inputs are (G,) (time float64, pos int64), segment (1,); ctx_k/ctx_v (L, Nc, d),
+        ctx_w/ctx_pos/ctx_time (Nc,). Returns the new tokens' K and V (L, G, d) to append to the
+        state, their outputs (G, d) and user vectors (G, d).
+        """
+        x = self._embed(item[None], action[None], device[None], types[None], time[None], segment)
+        g = item.shape[0]
+        types2 = types[None]
+        posf = pos.double()
+        w = _normalise(torch.cat([ctx_w[None].expand(g, -1), torch.ones(g, g).tril()], dim=1))[None]
+        dpos = (posf[:, None] - torch.cat([ctx_pos, posf])[None, :]).float()
+        dt = (time[:, None] - torch.cat([ctx_time, time])[None, :]).float()
+        bucket = self.layers[0].bias_index(dpos, dt)
+        ks, vs = [], []
+        for li, layer in enumerate(self.layers):
+            u, v, q, k = layer.project(x, types2)
+            keys = torch.cat([ctx_k[li], k[0]])[None]
+            vals = torch.cat([ctx_v[li], v[0]])[None]
+            x = layer.finish(x, layer.attend(q, keys, vals, w, bucket), u, types2)
+            ks.append(k[0])
+            vs.append(v[0])
+        out = self.ln_out(x, types2)[0]
+        return torch.stack(ks), torch.stack(vs), out, self.user_proj(out)
+
     def _run_group(self, s: EncoderState, tok: dict[str, torch.Tensor], segment: int, compression: bool, cache: bool) -> torch.Tensor:
         """Run tokens of one block (or the CTX query) against the state; append them if ``cache``."""
-        x = self._embed(
-            tok["item"][None], tok["action"][None], tok["device"][None], tok["types"][None], tok["time"][None], torch.tensor([segment])
+        ctx = self._context(s, compression)
+        new_k, new_v, out, _ = self.block_forward(
+            tok["item"], tok["action"], tok["device"], tok["types"], tok["time"], tok["pos"], torch.tensor([segment]), *ctx
         )
-        g = x.shape[1]
-        types, pos, time = tok["types"][None], tok["pos"].double(), tok["time"]
-        for li, layer in enumerate(self.layers):
-            u, v, q, k = layer.project(x, types)
-            ck, cv, cw, cpos, ctime = self._context_keys(s, li, compression)
-            keys = torch.cat([ck, k[0]])[None]
-            vals = torch.cat([cv, v[0]])[None]
-            w = torch.cat([cw[None].expand(g, -1), torch.ones(g, g).tril()], dim=1)
-            kpos = torch.cat([cpos, pos])
-            ktime = torch.cat([ctime, time])
-            dpos = (pos[:, None] - kpos[None, :]).float()
-            dt = (time[:, None] - ktime[None, :]).float()
-            x_new = layer.finish(x, layer.attend(q, keys, vals, _normalise(w)[None], layer.bias_index(dpos, dt)), u, types)
-            if cache:
-                s.ex_k[li] = torch.cat([s.ex_k[li], k[0]])
-                s.ex_v[li] = torch.cat([s.ex_v[li], v[0]])
-            x = x_new
-        out = self.ln_out(x, types)[0]
         if cache:
+            s.ex_k = [torch.cat([a, b]) for a, b in zip(s.ex_k, new_k)]
+            s.ex_v = [torch.cat([a, b]) for a, b in zip(s.ex_v, new_v)]
             s.ex_out = torch.cat([s.ex_out, out])
-            s.ex_pos = torch.cat([s.ex_pos, pos])
-            s.ex_time = torch.cat([s.ex_time, time])
+            s.ex_pos = torch.cat([s.ex_pos, tok["pos"].double()])
+            s.ex_time = torch.cat([s.ex_time, tok["time"]])
             s.ex_types = torch.cat([s.ex_types, tok["types"]])
         return out
 

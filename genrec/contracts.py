@@ -1,0 +1,136 @@
+"""Tensor contracts of the served models: names, dtypes, shapes and caps, declared once.
+
+The exporters name the ONNX inputs/outputs from these, ``config.pbtxt`` files are generated
+from them (``genrec.exporters.pbtxt``), and the request path builds its tensors from them.
+Dims are ``-1`` where dynamic; ``caps`` give the documented upper bound of each dynamic dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from genrec.ensemble.ranking_features import N_FEATURES
+from genrec.settings import Config
+
+ENCODER = "ugt_encoder"
+DECODER_CROSS_KV = "decoder_cross_kv"
+DECODER_STEP = "decoder_step"
+RANKER = "ranker"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton type name without the TYPE_ prefix: INT64, FP32, FP64
+    dims: tuple[int, ...]
+    doc: str = ""
+
+    @property
+    def numpy_dtype(self) -> str:
+        return {"INT64": "int64", "FP32": "float32", "FP64": "float64"}[self.dtype]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0  # 0: shapes are explicit (no implicit batch dimension)
+    caps: dict[str, int] = field(default_factory=dict)  # dynamic dim name -> cap
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    doc: str = ""
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+
+def encoder_contract(cfg: Config) -> ModelContract:
+    layers, d = cfg.encoder.n_layers, cfg.encoder.d_model
+    tok = lambda name, dtype, doc: TensorSpec(name, dtype, (-1,), doc)  # noqa: E731
+    g_cap = max(cfg.encoder.block_tokens, 2)
+    # exact context keys: with compression at most recent+block+slots+1; without it the whole history
+    n_cap = 2 * cfg.pipeline.max_history_events + 2
+    return ModelContract(
+        ENCODER,
+        inputs=(
+            tok("item", "INT64", "item id per token, -1 where not an ITEM token"),
+            tok("action", "INT64", "action code per token"),
+            tok("device", "INT64", "device per token"),
+            tok("types", "INT64", "token type: 0 user, 1 item, 2 action, 3 context"),
+            tok("time", "FP64", "unix seconds per token"),
+            tok("pos", "INT64", "absolute position per token"),
+            TensorSpec("segment", "INT64", (1,), "user segment"),
+            TensorSpec("ctx_k", "FP32", (layers, -1, d), "cached keys per layer"),
+            TensorSpec("ctx_v", "FP32", (layers, -1, d), "cached values per layer"),
+            TensorSpec("ctx_w", "FP32", (-1,), "tokens each cached key stands for (0 = absent)"),
+            TensorSpec("ctx_pos", "FP64", (-1,), "position of each cached key"),
+            TensorSpec("ctx_time", "FP64", (-1,), "time of each cached key"),
+        ),
+        outputs=(
+            TensorSpec("new_k", "FP32", (layers, -1, d), "keys of the new tokens, to append"),
+            TensorSpec("new_v", "FP32", (layers, -1, d), "values of the new tokens, to append"),
+            TensorSpec("out", "FP32", (-1, d), "encoder outputs of the new tokens"),
+            TensorSpec("user", "FP32", (-1, d), "user vector (meaningful at the CTX token)"),
+        ),
+        caps={"tokens": max(g_cap, n_cap), "context": n_cap},
+        doc="UGT encoder over one block of new tokens against explicit cached K/V (incremental encoding).",
+    )
+
+
+def decoder_cross_kv_contract(cfg: Config) -> ModelContract:
+    dc = cfg.decoder
+    dh = dc.d_model // dc.n_heads
+    return ModelContract(
+        DECODER_CROSS_KV,
+        inputs=(TensorSpec("memory", "FP32", (-1, -1, cfg.encoder.d_model), "encoder memory (R, M, d)"),),
+        outputs=(
+            TensorSpec("cross_k", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "per layer, per request"),
+            TensorSpec("cross_v", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "per layer, per request"),
+        ),
+        caps={"requests": 64, "memory": 2 * cfg.pipeline.max_history_events + 2},
+        doc="Cross-attention K/V, computed once per request and shared by all its beams.",
+    )
+
+
+def decoder_step_contract(cfg: Config) -> ModelContract:
+    dc = cfg.decoder
+    dh = dc.d_model // dc.n_heads
+    kmax = max(cfg.semantic_id.codebook_sizes)
+    past = (dc.n_layers, -1, -1, dc.n_heads, -1, dh)
+    return ModelContract(
+        DECODER_STEP,
+        inputs=(
+            TensorSpec("step", "INT64", (1,), "0, 1 or 2: the code level this step predicts"),
+            TensorSpec("codes", "INT64", (-1, -1), "(R, W) newest code of each beam (ignored at step 0)"),
+            TensorSpec("parents", "INT64", (-1, -1), "(R, W) previous beam each beam extends"),
+            TensorSpec("past_k", "FP32", past, "(L, R, W_prev, H, t, dh) self-attention keys"),
+            TensorSpec("past_v", "FP32", past, "(L, R, W_prev, H, t, dh) self-attention values"),
+            TensorSpec("cross_k", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "from decoder_cross_kv"),
+            TensorSpec("cross_v", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "from decoder_cross_kv"),
+            TensorSpec("cross_bias", "FP32", (-1, -1), "(R, M) log token count per memory entry"),
+        ),
+        outputs=(
+            TensorSpec("logits", "FP32", (-1, -1, kmax), f"(R, W, {kmax}); columns past the level's codebook are padding"),
+            TensorSpec("present_k", "FP32", past, "past_k reordered by parents, plus this step"),
+            TensorSpec("present_v", "FP32", past, "past_v reordered by parents, plus this step"),
+        ),
+        caps={"beams": cfg.pipeline.max_beam_width, "requests": 64},
+        doc="One MoE decoder step with its KV cache; beams reordered by index inside the graph.",
+    )
+
+
+def ranker_contract(cfg: Config) -> ModelContract:
+    return ModelContract(
+        RANKER,
+        inputs=(TensorSpec("features", "FP32", (N_FEATURES,), "ranking features of one candidate"),),
+        outputs=(TensorSpec("score", "FP32", (1,), "ranker score"),),
+        max_batch_size=1024,
+        preferred_batch_sizes=(100, 200, 400),
+        max_queue_delay_us=500,
+        doc="LightGBM lambdarank over (user, candidate) features; a request's 100 candidates are its batch.",
+    )
+
+
+def all_contracts(cfg: Config) -> list[ModelContract]:
+    return [encoder_contract(cfg), decoder_cross_kv_contract(cfg), decoder_step_contract(cfg), ranker_contract(cfg)]
