@@ -1,0 +1,53 @@
+"""config.pbtxt written from the tensor contracts, so names and shapes cannot drift."""
+
+from __future__ import annotations
+
+from genrec.contracts import ModelContract
+
+# concrete sizes used for warmup requests (a -1 dim needs a value)
+WARMUP_DIM = 2
+
+
+def _tensor(t) -> str:
+    dims = ", ".join(str(d) for d in t.dims)
+    return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.dtype}\n    dims: [ {dims} ]\n  }}'
+
+
+def _warmup(c: ModelContract) -> str:
+    """A warmup request per model, so a version is not READY before it has run once."""
+    inputs = []
+    for t in c.inputs:
+        dims = ", ".join(str(WARMUP_DIM if d == -1 else d) for d in t.dims)
+        # ids, steps and key weights must be valid: zeros; float features may be random
+        data = "random_data: true" if t.dtype.startswith("FP") and t.name != "ctx_w" else "zero_data: true"
+        inputs.append(f'    inputs {{\n      key: "{t.name}"\n      value {{\n        data_type: TYPE_{t.dtype}\n        dims: [ {dims} ]\n        {data}\n      }}\n    }}')
+    batch = c.preferred_batch_sizes[0] if (c.max_batch_size and c.preferred_batch_sizes) else 1
+    return f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: {batch}\n' + "\n".join(inputs) + "\n  }\n]"
+
+
+def render(c: ModelContract, platform: str = "onnxruntime_onnx", instances: int = 1, versions_kept: int = 2) -> str:
+    lines = [
+        f"# Generated from genrec.contracts ({c.name}) by genrec.exporters.pbtxt: do not edit by hand.",
+        f"# {c.doc}",
+    ]
+    for dim, cap in c.caps.items():
+        lines.append(f"# cap: {dim} <= {cap}")
+    for t in (*c.inputs, *c.outputs):
+        if t.doc:
+            lines.append(f"# {t.name}: {t.doc}")
+    lines += [
+        f'name: "{c.name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {c.max_batch_size}",
+        "input [\n" + ",\n".join(_tensor(t) for t in c.inputs) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t) for t in c.outputs) + "\n]",
+        # the newest versions_kept versions are loaded, so the previous one still answers a
+        # request that names it while the new one takes the unversioned traffic
+        f"version_policy: {{ latest: {{ num_versions: {versions_kept} }} }}",
+        f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]",
+    ]
+    if c.max_batch_size:
+        sizes = ", ".join(str(s) for s in c.preferred_batch_sizes)
+        lines.append(f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n  max_queue_delay_microseconds: {c.max_queue_delay_us}\n}}")
+    lines.append(_warmup(c))
+    return "\n".join(lines) + "\n"

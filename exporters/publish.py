@@ -1,0 +1,262 @@
+"""Publish a trained run into the Triton model repository as new versions; roll back.
+
+    genrec-publish --run artifacts/runs/small-001                 # export, check, publish
+    genrec-publish --run ... --triton-url localhost:8000          # ...and load into a running server
+    genrec-rollback --model decoder_step --triton-url localhost:8000
+
+Publishing is atomic and never overwrites: each model is exported into a staging folder beside
+the repository, checked (parity against its source; the file loads in onnxruntime with the
+contract's tensor names; the repository's config.pbtxt equals the one generated from the
+contract), given a manifest (source run, hashes, parity, time) and renamed into the next free
+version number. With a server, the model is then loaded through the repository API; if that
+fails, the new version is retired again and the previous one keeps serving. Rollback retires
+the newest version (moved to ``.<repo>.retired/``, never deleted) and reloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from genrec.artifacts import machine, now_iso, versions, write_json
+from genrec.contracts import ModelContract, all_contracts
+from genrec.exporters.pbtxt import render
+
+
+class PublishError(RuntimeError):
+    """The publish was refused; the serving version is untouched."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def version_numbers(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.exists() else []
+
+
+def _side_dir(repository: Path, kind: str) -> Path:
+    d = repository.parent / f".{repository.name}.{kind}"  # same filesystem: rename is atomic
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def smoke_check(onnx_path: Path, c: ModelContract) -> None:
+    try:
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise PublishError(f"{c.name}: {onnx_path.name} does not load in onnxruntime: {str(e).splitlines()[0]}") from e
+    names_in = [i.name for i in sess.get_inputs()]
+    names_out = [o.name for o in sess.get_outputs()]
+    want_in, want_out = [t.name for t in c.inputs], [t.name for t in c.outputs]
+    if sorted(names_in) != sorted(want_in) or sorted(names_out) != sorted(want_out):
+        raise PublishError(f"{c.name}: graph tensors {names_in} -> {names_out} do not match the contract {want_in} -> {want_out}")
+
+
+def check_config(model_dir: Path, c: ModelContract) -> None:
+    cfg = model_dir / "config.pbtxt"
+    want = render(c)
+    if not cfg.exists():
+        model_dir.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(want)  # first publish of this model: its config comes from the contract
+    elif cfg.read_text() != want:
+        raise PublishError(f"{c.name}: {cfg} does not match the model's contract (regenerate it with genrec-publish --write-configs, or publish a run of the same config)")
+
+
+@dataclass
+class Published:
+    model: str
+    version: int
+    path: Path
+
+
+def publish_file(repository: Path, c: ModelContract, onnx_file: Path, manifest: dict, triton_url: str | None = None) -> Published:
+    """Check ``onnx_file`` and move it into the next version of ``c.name``; load it if a server is given."""
+    repository = Path(repository)
+    model_dir = repository / c.name
+    if manifest.get("parity") and not manifest["parity"]["ok"]:
+        raise PublishError(f"{c.name}: parity {manifest['parity']['max_abs_err']:.3g} over the tolerance {manifest['parity']['tolerance']}")
+    smoke_check(onnx_file, c)
+    check_config(model_dir, c)
+    staging = _side_dir(repository, "staging") / f"{c.name}-{os.getpid()}-{time.monotonic_ns()}"
+    staging.mkdir()
+    shutil.copy2(onnx_file, staging / "model.onnx")
+    write_json(staging / "manifest.json", {**manifest, "model": c.name, "onnx_sha256": sha256(staging / "model.onnx"), "created": now_iso()})
+    while True:
+        n = 1 + max(version_numbers(model_dir) or [0])
+        try:
+            os.rename(staging, model_dir / str(n))  # fails if another publish took n
+            break
+        except OSError:
+            if not (model_dir / str(n)).exists():
+                raise
+    if triton_url:
+        try:
+            load(triton_url, c.name)
+        except PublishError:
+            retire(repository, c.name, n)
+            try:
+                load(triton_url, c.name)
+            except PublishError:
+                pass
+            raise
+    return Published(c.name, n, model_dir / str(n))
+
+
+def retire(repository: Path, model: str, version: int) -> Path:
+    dst = _side_dir(repository, "retired") / model / f"{version}-{time.strftime('%Y%m%dT%H%M%S')}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(Path(repository) / model / str(version), dst)
+    return dst
+
+
+def load(triton_url: str, model: str, timeout: float = 300) -> None:
+    req = urllib.request.Request(f"http://{triton_url}/v2/repository/models/{model}/load", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if r.status != 200:
+                raise PublishError(f"{model}: load returned HTTP {r.status}")
+    except urllib.error.HTTPError as e:
+        raise PublishError(f"{model}: Triton refused to load it: {e.read().decode(errors='replace')[:500]}") from e
+    except urllib.error.URLError as e:
+        raise PublishError(f"{model}: Triton at {triton_url} is not reachable: {e.reason}") from e
+
+
+def rollback(repository: Path, model: str, triton_url: str | None = None) -> int:
+    """Retire the newest version; returns the version that serves now."""
+    versions_ = version_numbers(Path(repository) / model)
+    if len(versions_) < 2:
+        raise PublishError(f"{model}: {len(versions_)} version(s) in the repository; nothing to roll back to")
+    retire(repository, model, versions_[-1])
+    if triton_url:
+        load(triton_url, model)
+    return versions_[-2]
+
+
+def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path, dict]]:
+    """Export every served model of a run into ``out_dir``; returns {model: (onnx, parity)}."""
+    import torch
+
+    from genrec.bundle import load_bundle
+    from genrec.data.split import leave_last_out
+    from genrec.evaluate import dataset_of, heldout_requests
+    from genrec.exporters.onnx_export import export_decoder, export_encoder, export_ranker
+    from genrec.reference import ReferencePipeline
+
+    torch.set_num_threads(2)
+    b = load_bundle(run)
+    ds = dataset_of(b)
+    split = leave_last_out(ds.events)
+    reqs, _ = heldout_requests(ds, split, split.eligible_users[:8], b.cfg.pipeline.max_history_events)
+    pipe = ReferencePipeline(b)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    progress("[export] ugt_encoder")
+    results["ugt_encoder"] = (out_dir / "ugt_encoder.onnx", export_encoder(b, out_dir / "ugt_encoder.onnx", [r.history for r in reqs]).as_dict())
+    progress("[export] decoder_cross_kv + decoder_step")
+    e2 = pipe.encode(reqs[:2])
+    e1 = pipe.encode(reqs[2:3])
+    mems = [(e2.memory.numpy(), e2.memory_logw.numpy()), (e1.memory.numpy(), e1.memory_logw.numpy())]
+    cross, step = export_decoder(b, out_dir / "decoder_cross_kv.onnx", out_dir / "decoder_step.onnx", mems)
+    results["decoder_cross_kv"] = (out_dir / "decoder_cross_kv.onnx", cross.as_dict())
+    results["decoder_step"] = (out_dir / "decoder_step.onnx", step.as_dict())
+    progress("[export] ranker")
+    _, traces = pipe.traces(reqs[:2])
+    results["ranker"] = (out_dir / "ranker.onnx", export_ranker(b, out_dir / "ranker.onnx", traces[0].features).as_dict())
+    return results
+
+
+def source_hashes(run: Path) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(run.iterdir()) if p.suffix in (".pt", ".txt", ".npz", ".json", ".npy") and p.name != "metrics.json"}
+
+
+def publish_run(run: Path, repository: Path, triton_url: str | None = None, progress=print) -> list[Published]:
+    from genrec.bundle import load_bundle
+
+    run = Path(run).resolve()
+    cfg = load_bundle(run).cfg
+    contracts = {c.name: c for c in all_contracts(cfg)}
+    staging = _side_dir(Path(repository), "staging") / f"export-{os.getpid()}"
+    try:
+        exported = export_run(run, staging, progress)
+        failed = [f"{m} ({p['max_abs_err']:.3g} > {p['tolerance']})" for m, (_, p) in exported.items() if not p["ok"]]
+        if failed:
+            raise PublishError("parity over tolerance, nothing published: " + ", ".join(failed))
+        hashes = source_hashes(run)
+        out = []
+        for name, (path, parity) in exported.items():
+            manifest = {"source_run": str(run), "source_config": cfg.name, "source_hashes": hashes, "parity": parity, "versions": versions()}
+            out.append(publish_file(Path(repository), contracts[name], path, manifest, triton_url))
+            progress(f"[publish] {name} -> version {out[-1].version} (max abs err {parity['max_abs_err']:.2e})")
+        return out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_configs(repository: Path, config_name: str) -> None:
+    from genrec.settings import named_config
+
+    for c in all_contracts(named_config(config_name)):
+        (Path(repository) / c.name).mkdir(parents=True, exist_ok=True)
+        (Path(repository) / c.name / "config.pbtxt").write_text(render(c))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="genrec-publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="trained run folder (default: latest run of $GENREC_CONFIG)")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--triton-url", default=None, help="host:port of Triton's HTTP endpoint to load the new versions into")
+    p.add_argument("--write-configs", metavar="CONFIG", default=None, help="only (re)generate every config.pbtxt for a named config")
+    a = p.parse_args(argv)
+    if a.write_configs:
+        write_configs(a.repository, a.write_configs)
+        print(f"wrote configs for {a.write_configs} under {a.repository}")
+        return 0
+    from genrec.artifacts import latest_run
+    from genrec.settings import named_config
+
+    run = a.run or latest_run(name=named_config().name)
+    try:
+        published = publish_run(run, a.repository, a.triton_url)
+    except PublishError as e:
+        print(f"[publish] refused: {e}", file=sys.stderr)
+        return 1
+    print("| model | version | path |\n|---|---|---|")
+    for pub in published:
+        print(f"| {pub.model} | {pub.version} | {pub.path} |")
+    return 0
+
+
+def rollback_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="genrec-rollback", description="Retire a model's newest version and serve the previous one.")
+    p.add_argument("--model", required=True, action="append", help="model name (repeatable)")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--triton-url", default=None, help="host:port of Triton's HTTP endpoint to reload")
+    a = p.parse_args(argv)
+    try:
+        for m in a.model:
+            print(f"[rollback] {m}: now serving version {rollback(a.repository, m, a.triton_url)}")
+    except PublishError as e:
+        print(f"[rollback] refused: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

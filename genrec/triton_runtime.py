@@ -1,0 +1,205 @@
+"""Start the real Triton Inference Server on a model repository.
+
+    genrec-triton                              # model_repository/, ports 8000/8001/8002
+    genrec-triton --repository R --http-port 18000 --model-control-mode poll
+
+Uses ``tritonserver`` from PATH when present (the NVIDIA container, native C++ backends);
+otherwise the server shipped in the ``nvidia-pytriton`` wheel, with a backend directory built
+under ``build/triton_backends``: the wheel's Python backend (plus the stub for this Python),
+and ``ensemble/backends/onnxruntime`` as a Python-based backend named ``onnxruntime``, so the
+same ``platform: "onnxruntime_onnx"`` configs load in both runtimes.
+Model control is ``explicit`` by default (every model in the repository is loaded at start;
+publish and rollback then load/unload through the repository API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BACKEND_SOURCES = REPO_ROOT / "ensemble" / "backends"
+
+
+def _pytriton_root() -> Path | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def find_server() -> tuple[Path, bool]:
+    """(tritonserver binary, True if it is the pip wheel's)."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path), False
+    root = _pytriton_root()
+    if root is None or not (root / "bin" / "tritonserver").exists():
+        raise FileNotFoundError("no tritonserver on PATH and nvidia-pytriton is not installed (pip install nvidia-pytriton)")
+    return root / "bin" / "tritonserver", True
+
+
+def build_backend_dir(target: Path) -> Path:
+    """Backend directory for the pip runtime: python backend + stub, and Python-based backends."""
+    root = _pytriton_root()
+    assert root is not None
+    py = target / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(root / "backends" / "python" / f, py / f)
+    stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    shutil.copy2(stub, py / "triton_python_backend_stub")
+    for src in BACKEND_SOURCES.iterdir():
+        if (src / "model.py").exists():
+            dst = target / src.name
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / "model.py", dst / "model.py")
+    return target
+
+
+def server_env(pip_runtime: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    site = sysconfig.get_paths()["purelib"]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    if pip_runtime:
+        libs = Path(site) / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+class TritonServer:
+    """A running tritonserver process: start, wait for readiness, stop."""
+
+    def __init__(
+        self,
+        repository: Path,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        model_control_mode: str = "explicit",
+        log: Path | None = None,
+        backend_dir: Path | None = None,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.mode = model_control_mode
+        self.log = log
+        self.backend_dir = backend_dir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        binary, pip_runtime = find_server()
+        cmd = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--model-control-mode={self.mode}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--strict-readiness=true",
+            "--exit-on-error=false",
+            "--log-verbose=0",
+        ]
+        if self.mode == "explicit":
+            cmd.append("--load-model=*")
+        if self.mode == "poll":
+            cmd.append("--repository-poll-secs=2")
+        if pip_runtime:
+            backends = build_backend_dir(self.backend_dir or REPO_ROOT / "build" / "triton_backends")
+            cmd.append(f"--backend-directory={backends}")
+        return cmd, server_env(pip_runtime)
+
+    def start(self, timeout: float = 180.0) -> "TritonServer":
+        cmd, env = self.command()
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started server holding the ports
+            raise
+        return self
+
+    def live(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self.proc.returncode}" + (f"; see {self.log}" if self.log else ""))
+            if self.ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s" + (f"; see {self.log}" if self.log else ""))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="genrec-triton", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository", help="model repository (default model_repository/)")
+    p.add_argument("--http-port", type=int, default=int(os.environ.get("GENREC_TRITON_HTTP_PORT", 8000)))
+    p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GENREC_TRITON_GRPC_PORT", 8001)))
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("GENREC_TRITON_METRICS_PORT", 8002)))
+    p.add_argument("--model-control-mode", choices=["explicit", "poll", "none"], default="explicit", help="explicit (default), or poll")
+    p.add_argument("--log", type=Path, default=None, help="write the server log here (default: inherit stdout)")
+    a = p.parse_args(argv)
+    server = TritonServer(a.repository, a.http_port, a.grpc_port, a.metrics_port, a.model_control_mode, a.log)
+    cmd, env = server.command()
+    print(f"[triton] {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    server.proc = proc
+    try:
+        server.wait_ready(300)
+        print(f"[triton] ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics http://localhost:{a.metrics_port}/metrics", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
