@@ -18,8 +18,9 @@ def _warmup(c: ModelContract) -> str:
     inputs = []
     for t in c.inputs:
         dims = ", ".join(str(WARMUP_DIM if d == -1 else d) for d in t.dims)
-        # ids, steps and key weights must be valid: zeros; float features may be random
-        data = "random_data: true" if t.dtype.startswith("FP") and t.name != "ctx_w" else "zero_data: true"
+        # ids, steps, times and key weights must be valid: zeros; fp32 activations may be random.
+        # (A warmup that fails makes the pip runtime's server crash, so keep it valid.)
+        data = "random_data: true" if t.dtype == "FP32" and t.name != "ctx_w" else "zero_data: true"
         inputs.append(f'    inputs {{\n      key: "{t.name}"\n      value {{\n        data_type: TYPE_{t.dtype}\n        dims: [ {dims} ]\n        {data}\n      }}\n    }}')
     batch = c.preferred_batch_sizes[0] if (c.max_batch_size and c.preferred_batch_sizes) else 1
     return f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: {batch}\n' + "\n".join(inputs) + "\n  }\n]"

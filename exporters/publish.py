@@ -126,7 +126,7 @@ def retire(repository: Path, model: str, version: int) -> Path:
     return dst
 
 
-def load(triton_url: str, model: str, timeout: float = 300) -> None:
+def load(triton_url: str, model: str, timeout: float = 120) -> None:
     req = urllib.request.Request(f"http://{triton_url}/v2/repository/models/{model}/load", data=b"{}", method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:

@@ -144,6 +144,9 @@ class TritonServer:
         except OSError:
             return False
 
+    def crashed(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
@@ -162,14 +165,20 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s" + (f"; see {self.log}" if self.log else ""))
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the server and its Python stubs (same process group), even if it crashed."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGTERM:
+                time.sleep(0.5)  # let the stubs see their parent go; SIGKILL what is left
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -265,7 +265,8 @@ class UGTEncoder(nn.Module):
         """All token kinds embedded, then picked by type. Shapes (B,N) (segment (B,))."""
         x_item = self.item_embeddings(item.clamp(min=0))
         x_action = self.action_emb(action) + self.device_emb(device)
-        hour = (torch.floor(time / 3600) - 24 * torch.floor(time / 86400)).long()  # export-friendly (time % 86400) // 3600
+        # (time % 86400) // 3600 in an export-friendly form; clamped so no input can index out of range
+        hour = (torch.floor(time / 3600) - 24 * torch.floor(time / 86400)).long().clamp(0, 23)
         x_ctx = self.ctx_device_emb(device) + self.hour_emb(hour)
         x_user = self.segment_emb(segment).unsqueeze(1).expand_as(x_item)
         t = types.unsqueeze(-1)
