@@ -1,11 +1,38 @@
-# Serving image. The Triton runtime, launcher and HEALTHCHECK arrive with issue #3; for now the
-# image installs the project on the NVIDIA Triton base so the same code runs in the container.
-# 24.10 ships Triton 2.51.0, the server version inside nvidia-pytriton 0.7.0 that the pip
-# runtime uses on CPU machines, so both runtimes serve the same model repository.
+# Triton serving image for the genrec model repository.
+#
+# Base: nvcr.io/nvidia/tritonserver:24.10-py3 ships Triton 2.51.0, the same server version as
+# the nvidia-pytriton 0.7.0 wheel the CPU machines use, so one model repository (same
+# config.pbtxt, platform "onnxruntime_onnx" / "tensorrt_plan") is tested on the pip runtime and
+# served here by the container's native C++ onnxruntime / TensorRT backends. Its Python is 3.10,
+# inside the project's supported range for the request-path code the Python backend imports.
+#
+# Build from a checkout with published versions:  genrec-publish --run artifacts/runs/small-001
+#   docker build -t genrec-triton .   &&   docker run -p 8000-8002:8000-8002 genrec-triton
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/genrec
-COPY requirements.txt pyproject.toml README.md ./
+
+# Dependencies first (cached layer); the server itself is the container's, not the wheel's.
+COPY requirements.txt ./
+RUN grep -v -e '^nvidia-pytriton' -e '^pytest' -e '^hypothesis' requirements.txt > /tmp/req.txt \
+    && python3 -m pip install -r /tmp/req.txt \
+    && rm /tmp/req.txt
+
+COPY pyproject.toml README.md ./
 COPY genrec ./genrec
 COPY ensemble ./ensemble
-RUN python3 -m pip install --no-cache-dir -r requirements.txt && python3 -m pip install --no-cache-dir --no-deps .
+COPY exporters ./exporters
+COPY model_repository ./model_repository
+RUN python3 -m pip install --no-deps . \
+    && useradd --create-home --uid 10001 triton-user \
+    && chown -R triton-user /opt/genrec
+
+USER 10001
+EXPOSE 8000 8001 8002
+
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["curl", "-fsS", "http://localhost:8000/v2/health/ready"]
+
+# tritonserver is on PATH here, so the launcher uses it with the native backends.
+ENTRYPOINT ["genrec-triton", "--repository", "/opt/genrec/model_repository"]

@@ -7,19 +7,19 @@ with onnxruntime beside the source model on the same inputs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
 
 from genrec.bundle import ModelBundle
 from genrec.contracts import ModelContract, decoder_cross_kv_contract, decoder_step_contract, encoder_contract, ranker_contract
 from genrec.data.schema import History
-from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
 from genrec.models.ugt_encoder import event_tokens
 
 OPSET = 17
@@ -85,7 +85,9 @@ def _export(graph: torch.nn.Module, args: tuple, c: ModelContract, path: Path) -
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def _compare(name: str, cases: list[dict[str, np.ndarray]], reference: Callable[[dict], list[np.ndarray]], sess: ort.InferenceSession) -> Parity:
+def _compare(
+    name: str, cases: list[dict[str, np.ndarray]], reference: Callable[[dict], list[np.ndarray]], sess: ort.InferenceSession
+) -> Parity:
     abs_err = rel_err = 0.0
     for feeds in cases:
         want = reference(feeds)
@@ -144,7 +146,13 @@ def _enc_feeds(ev, ck, cv, cw, cpos, ctime) -> dict[str, np.ndarray]:
     f = {k: np.asarray(ev[k], dtype=np.int64) for k in ("item", "action", "device", "types", "pos")}
     f["time"] = np.asarray(ev["time"], dtype=np.float64)
     f["segment"] = np.array([0], dtype=np.int64)
-    f.update(ctx_k=ck.astype(np.float32), ctx_v=cv.astype(np.float32), ctx_w=cw.astype(np.float32), ctx_pos=cpos.astype(np.float64), ctx_time=ctime.astype(np.float64))
+    f.update(
+        ctx_k=ck.astype(np.float32),
+        ctx_v=cv.astype(np.float32),
+        ctx_w=cw.astype(np.float32),
+        ctx_pos=cpos.astype(np.float64),
+        ctx_time=ctime.astype(np.float64),
+    )
     return f
 
 
@@ -163,7 +171,9 @@ def export_encoder(b: ModelBundle, path: Path, histories: list[History]) -> Pari
 
 
 # ---- decoder ---------------------------------------------------------------------------------
-def export_decoder(b: ModelBundle, cross_path: Path, step_path: Path, memories: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Parity, Parity]:
+def export_decoder(
+    b: ModelBundle, cross_path: Path, step_path: Path, memories: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[Parity, Parity]:
     cfg = b.cfg
     dc = cfg.decoder
     cross_c, step_c = decoder_cross_kv_contract(cfg), decoder_step_contract(cfg)

@@ -21,7 +21,9 @@ def _warmup(c: ModelContract) -> str:
         # ids, steps, times and key weights must be valid: zeros; fp32 activations may be random.
         # (A warmup that fails makes the pip runtime's server crash, so keep it valid.)
         data = "random_data: true" if t.dtype == "FP32" and t.name != "ctx_w" else "zero_data: true"
-        inputs.append(f'    inputs {{\n      key: "{t.name}"\n      value {{\n        data_type: TYPE_{t.dtype}\n        dims: [ {dims} ]\n        {data}\n      }}\n    }}')
+        inputs.append(
+            f'    inputs {{\n      key: "{t.name}"\n      value {{\n        data_type: TYPE_{t.dtype}\n        dims: [ {dims} ]\n        {data}\n      }}\n    }}'
+        )
     batch = c.preferred_batch_sizes[0] if (c.max_batch_size and c.preferred_batch_sizes) else 1
     return f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: {batch}\n' + "\n".join(inputs) + "\n  }\n]"
 
@@ -49,6 +51,8 @@ def render(c: ModelContract, platform: str = "onnxruntime_onnx", instances: int 
     ]
     if c.max_batch_size:
         sizes = ", ".join(str(s) for s in c.preferred_batch_sizes)
-        lines.append(f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n  max_queue_delay_microseconds: {c.max_queue_delay_us}\n}}")
+        lines.append(
+            f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n  max_queue_delay_microseconds: {c.max_queue_delay_us}\n}}"
+        )
     lines.append(_warmup(c))
     return "\n".join(lines) + "\n"

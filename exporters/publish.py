@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -27,12 +26,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
-
-from genrec.artifacts import machine, now_iso, versions, write_json
-from genrec.contracts import ModelContract, all_contracts
 from genrec.exporters.pbtxt import render
+
+from genrec.artifacts import now_iso, versions, write_json
+from genrec.contracts import ModelContract, all_contracts
 
 
 class PublishError(RuntimeError):
@@ -76,7 +74,9 @@ def check_config(model_dir: Path, c: ModelContract) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
         cfg.write_text(want)  # first publish of this model: its config comes from the contract
     elif cfg.read_text() != want:
-        raise PublishError(f"{c.name}: {cfg} does not match the model's contract (regenerate it with genrec-publish --write-configs, or publish a run of the same config)")
+        raise PublishError(
+            f"{c.name}: {cfg} does not match the model's contract (regenerate it with genrec-publish --write-configs, or publish a run of the same config)"
+        )
 
 
 @dataclass
@@ -97,7 +97,9 @@ def publish_file(repository: Path, c: ModelContract, onnx_file: Path, manifest: 
     staging = _side_dir(repository, "staging") / f"{c.name}-{os.getpid()}-{time.monotonic_ns()}"
     staging.mkdir()
     shutil.copy2(onnx_file, staging / "model.onnx")
-    write_json(staging / "manifest.json", {**manifest, "model": c.name, "onnx_sha256": sha256(staging / "model.onnx"), "created": now_iso()})
+    write_json(
+        staging / "manifest.json", {**manifest, "model": c.name, "onnx_sha256": sha256(staging / "model.onnx"), "created": now_iso()}
+    )
     while True:
         n = 1 + max(version_numbers(model_dir) or [0])
         try:
@@ -152,11 +154,11 @@ def rollback(repository: Path, model: str, triton_url: str | None = None) -> int
 def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path, dict]]:
     """Export every served model of a run into ``out_dir``; returns {model: (onnx, parity)}."""
     import torch
+    from genrec.exporters.onnx_export import export_decoder, export_encoder, export_ranker
 
     from genrec.bundle import load_bundle
     from genrec.data.split import leave_last_out
     from genrec.evaluate import dataset_of, heldout_requests
-    from genrec.exporters.onnx_export import export_decoder, export_encoder, export_ranker
     from genrec.reference import ReferencePipeline
 
     torch.set_num_threads(2)
@@ -168,7 +170,10 @@ def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     progress("[export] ugt_encoder")
-    results["ugt_encoder"] = (out_dir / "ugt_encoder.onnx", export_encoder(b, out_dir / "ugt_encoder.onnx", [r.history for r in reqs]).as_dict())
+    results["ugt_encoder"] = (
+        out_dir / "ugt_encoder.onnx",
+        export_encoder(b, out_dir / "ugt_encoder.onnx", [r.history for r in reqs]).as_dict(),
+    )
     progress("[export] decoder_cross_kv + decoder_step")
     e2 = pipe.encode(reqs[:2])
     e1 = pipe.encode(reqs[2:3])
@@ -183,10 +188,14 @@ def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path
 
 
 def source_hashes(run: Path) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(run.iterdir()) if p.suffix in (".pt", ".txt", ".npz", ".json", ".npy") and p.name != "metrics.json"}
+    return {
+        p.name: sha256(p)
+        for p in sorted(run.iterdir())
+        if p.suffix in (".pt", ".txt", ".npz", ".json", ".npy") and p.name != "metrics.json"
+    }
 
 
-def publish_run(run: Path, repository: Path, triton_url: str | None = None, progress=print) -> list[Published]:
+def publish_run(run: Path, repository: Path, triton_url: str | None = None, progress=print, results: Path | None = None) -> list[Published]:
     from genrec.bundle import load_bundle
 
     run = Path(run).resolve()
@@ -198,10 +207,25 @@ def publish_run(run: Path, repository: Path, triton_url: str | None = None, prog
         failed = [f"{m} ({p['max_abs_err']:.3g} > {p['tolerance']})" for m, (_, p) in exported.items() if not p["ok"]]
         if failed:
             raise PublishError("parity over tolerance, nothing published: " + ", ".join(failed))
+        if results is not None:
+            from genrec.exporters.summary import print_table, summarize, write_summary
+
+            progress("[summary] measuring onnxruntime latency and CPU levers")
+            summary = summarize(cfg, exported, staging)
+            summary["run"] = str(run)
+            print_table(summary)
+            write_summary(summary, results)
+            progress(f"[summary] wrote {results}")
         hashes = source_hashes(run)
         out = []
         for name, (path, parity) in exported.items():
-            manifest = {"source_run": str(run), "source_config": cfg.name, "source_hashes": hashes, "parity": parity, "versions": versions()}
+            manifest = {
+                "source_run": str(run),
+                "source_config": cfg.name,
+                "source_hashes": hashes,
+                "parity": parity,
+                "versions": versions(),
+            }
             out.append(publish_file(Path(repository), contracts[name], path, manifest, triton_url))
             progress(f"[publish] {name} -> version {out[-1].version} (max abs err {parity['max_abs_err']:.2e})")
         return out
@@ -222,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="trained run folder (default: latest run of $GENREC_CONFIG)")
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--triton-url", default=None, help="host:port of Triton's HTTP endpoint to load the new versions into")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=Path("bench/results/exporters.json"),
+        help="exporter summary JSON (default bench/results/exporters.json)",
+    )
+    p.add_argument("--no-summary", action="store_true", help="skip the latency / CPU-lever measurements")
     p.add_argument("--write-configs", metavar="CONFIG", default=None, help="only (re)generate every config.pbtxt for a named config")
     a = p.parse_args(argv)
     if a.write_configs:
@@ -233,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = a.run or latest_run(name=named_config().name)
     try:
-        published = publish_run(run, a.repository, a.triton_url)
+        published = publish_run(run, a.repository, a.triton_url, results=None if a.no_summary else a.results)
     except PublishError as e:
         print(f"[publish] refused: {e}", file=sys.stderr)
         return 1

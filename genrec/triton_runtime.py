@@ -126,7 +126,7 @@ class TritonServer:
             cmd.append(f"--backend-directory={backends}")
         return cmd, server_env(pip_runtime)
 
-    def start(self, timeout: float = 180.0) -> "TritonServer":
+    def start(self, timeout: float = 180.0) -> TritonServer:
         cmd, env = self.command()
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -180,7 +180,7 @@ class TritonServer:
             if sig == signal.SIGTERM:
                 time.sleep(0.5)  # let the stubs see their parent go; SIGKILL what is left
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     server.proc = proc
     try:
         server.wait_ready(300)
-        print(f"[triton] ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics http://localhost:{a.metrics_port}/metrics", flush=True)
+        print(
+            f"[triton] ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics http://localhost:{a.metrics_port}/metrics",
+            flush=True,
+        )
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)

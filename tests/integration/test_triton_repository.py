@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from genrec.contracts import all_contracts, ranker_contract
 from genrec.exporters.pbtxt import render
 from genrec.exporters.publish import PublishError, publish_file, publish_run, rollback, version_numbers
+
+from genrec.contracts import all_contracts, ranker_contract
 from genrec.triton_runtime import TritonServer
 
 pytestmark = pytest.mark.integration
@@ -83,10 +83,11 @@ def test_every_model_is_ready_with_its_generated_config(server, repository, tiny
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol):
-    from genrec.data.split import leave_last_out
-    from genrec.evaluate import dataset_of, heldout_requests
     from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
     from genrec.exporters.onnx_export import encoder_cases
+
+    from genrec.data.split import leave_last_out
+    from genrec.evaluate import dataset_of, heldout_requests
     from genrec.reference import ReferencePipeline
 
     b = tiny_bundle
@@ -172,7 +173,7 @@ class LoadLoop:
             except Exception as e:  # noqa: BLE001 - every failure counts
                 self.failures.append(str(e))
 
-    def __enter__(self) -> "LoadLoop":
+    def __enter__(self) -> LoadLoop:
         self.thread.start()
         time.sleep(0.5)
         return self

@@ -48,7 +48,9 @@ class TritonPythonModel:
             try:
                 feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
                 outs = self.session.run(self.outputs, feeds)
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)]))
+                responses.append(
+                    pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)])
+                )
             except Exception as e:  # one bad request must not take the others down
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
         return responses
@@ -64,7 +66,11 @@ class TritonPythonModel:
             return self._execute_each(requests)
         responses, start = [], 0
         for size in sizes:
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o[start : start + size])) for n, o in zip(self.outputs, outs)]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(n, np.ascontiguousarray(o[start : start + size])) for n, o in zip(self.outputs, outs)]
+                )
+            )
             start += size
         return responses
 
