@@ -197,20 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", type=Path, default=None, help="write the server log here (default: inherit stdout)")
     a = p.parse_args(argv)
     server = TritonServer(a.repository, a.http_port, a.grpc_port, a.metrics_port, a.model_control_mode, a.log)
-    cmd, env = server.command()
-    print(f"[triton] {' '.join(cmd)}", flush=True)
-    proc = subprocess.Popen(cmd, env=env)
-    server.proc = proc
+    print(f"[triton] {' '.join(server.command()[0])}", flush=True)
+    # SIGTERM (docker stop, kill) stops the server and its stubs too, not only this launcher
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        server.wait_ready(300)
+        server.start(timeout=300)
         print(
             f"[triton] ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics http://localhost:{a.metrics_port}/metrics",
             flush=True,
         )
-        return proc.wait()
+        assert server.proc is not None
+        return server.proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+        return 0
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

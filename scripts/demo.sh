@@ -21,10 +21,12 @@ fi
 .venv/bin/genrec-publish --run "$RUN" --repository "$REPO"
 .venv/bin/genrec-triton --repository "$REPO" --log build/triton.log &
 TRITON=$!
-trap 'kill $TRITON 2>/dev/null; wait $TRITON 2>/dev/null' EXIT
+trap 'kill $TRITON 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -fsS "localhost:$HTTP_PORT/v2/health/ready" >/dev/null 2>&1 && break; sleep 1; done
 for m in ugt_encoder decoder_cross_kv decoder_step ranker; do
   printf '[demo] %-17s ' "$m"; curl -fsS "localhost:$HTTP_PORT/v2/models/$m" | head -c 120; echo
 done
 curl -fsS "localhost:$((HTTP_PORT + 2))/metrics" | grep -m3 '^nv_inference_request_success' || true
+kill "$TRITON"; wait "$TRITON" || true
+trap - EXIT
 echo "[demo] done: Triton served every model from $REPO (log: build/triton.log)"
