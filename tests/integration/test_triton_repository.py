@@ -261,3 +261,15 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(server, reposit
     x = tritonclient_http.InferInput("features", [1, 14], "FP32")
     x.set_data_from_numpy(np.zeros((1, 14), np.float32))
     assert client.infer("ranker", [x]).get_response()["model_version"] == str(versions_before[-1])
+
+
+def test_int8_is_a_publishable_option_checked_against_fp32(tiny_run, tmp_path):
+    import json
+
+    repo = tmp_path / "model_repository"
+    publish_run(tiny_run, repo, progress=lambda m: None, int8=True)
+    for model in ("ugt_encoder", "decoder_cross_kv", "decoder_step"):
+        manifest = json.loads((repo / model / "1" / "manifest.json").read_text())
+        assert manifest["parity"]["int8"] is True
+        assert 0 < manifest["parity"]["max_abs_err_vs_fp32"] <= manifest["parity"]["tolerance"]
+    assert "int8" not in json.loads((repo / "ranker" / "1" / "manifest.json").read_text())["parity"]
