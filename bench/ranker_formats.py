@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from genrec.exporters.onnx_export import export_ranker, p50_ms, session
 
 from genrec.artifacts import machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle
-from genrec.exporters.onnx_export import export_ranker, p50_ms, session
 
 
 def _p50(fn, x, runs: int = 200) -> float:
@@ -53,13 +53,34 @@ def main() -> int:
         path = Path(d) / "ranker.onnx"
         export_ranker(b, path, x100)
         s = session(path)
-        rows.append({"format": "onnxmltools ONNX (onnxruntime)", "p50_ms_batch1": p50_ms(s, {"features": x1}, 200), "p50_ms_batch100": p50_ms(s, {"features": x100}, 200), "max_abs_err": float(np.abs(s.run(None, {"features": x100})[0][:, 0] - ref).max())})
-        rows.append({"format": "LightGBM predict", "p50_ms_batch1": _p50(lambda x: b.ranker.predict(x, num_threads=2), x1), "p50_ms_batch100": _p50(lambda x: b.ranker.predict(x, num_threads=2), x100), "max_abs_err": 0.0})
+        rows.append(
+            {
+                "format": "onnxmltools ONNX (onnxruntime)",
+                "p50_ms_batch1": p50_ms(s, {"features": x1}, 200),
+                "p50_ms_batch100": p50_ms(s, {"features": x100}, 200),
+                "max_abs_err": float(np.abs(s.run(None, {"features": x100})[0][:, 0] - ref).max()),
+            }
+        )
+        rows.append(
+            {
+                "format": "LightGBM predict",
+                "p50_ms_batch1": _p50(lambda x: b.ranker.predict(x, num_threads=2), x1),
+                "p50_ms_batch100": _p50(lambda x: b.ranker.predict(x, num_threads=2), x100),
+                "max_abs_err": 0.0,
+            }
+        )
         for backend in ("onnx", "torch"):
             try:
                 hb = hummingbird.ml.convert(b.ranker, backend, x100)
                 pred = np.asarray(hb.predict(x100)).reshape(-1)
-                rows.append({"format": f"hummingbird {backend}", "p50_ms_batch1": _p50(hb.predict, x1), "p50_ms_batch100": _p50(hb.predict, x100), "max_abs_err": float(np.abs(pred - ref).max())})
+                rows.append(
+                    {
+                        "format": f"hummingbird {backend}",
+                        "p50_ms_batch1": _p50(hb.predict, x1),
+                        "p50_ms_batch100": _p50(hb.predict, x100),
+                        "max_abs_err": float(np.abs(pred - ref).max()),
+                    }
+                )
             except Exception as e:  # noqa: BLE001 - a format that fails is a result too
                 rows.append({"format": f"hummingbird {backend}", "error": str(e).splitlines()[0][:200]})
     for r in rows:

@@ -7,10 +7,6 @@ class GenrecError(ValueError):
     """Base class: bad input from a caller (maps to HTTP 400 / KServe INVALID_ARG)."""
 
 
-class EmptyHistoryError(GenrecError):
-    """A stage that needs events got none (the pipeline itself takes the cold-start path)."""
-
-
 class HistoryTooLongError(GenrecError):
     def __init__(self, length: int, cap: int) -> None:
         super().__init__(f"history has {length} events, over the cap of {cap}")

@@ -32,6 +32,7 @@ from genrec.ensemble.retrieval import AnnIndex, ExactIndex, search_excluding
 from genrec.errors import InvalidValueError
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.ugt_encoder import EncoderOutput, EncoderState, build_tokens
+from genrec.ranker import check_features
 
 COLD_START_POPULAR = 100  # popular items added to the candidates when the history is empty
 
@@ -186,7 +187,7 @@ class ReferencePipeline:
         if self.b.ranker is None:  # before the ranker is trained (training uses the pre-rank order)
             scores = trace.prerank[trace.kept]
         else:
-            scores = self.b.ranker.predict(trace.features, num_threads=1)
+            scores = self.b.ranker.predict(check_features(trace.features), num_threads=1)
         best = top_k(scores, k)
         return trace.candidates.items[trace.kept[best]], scores[best].astype(np.float32)
 

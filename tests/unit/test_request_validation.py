@@ -58,3 +58,16 @@ def test_excluded_and_options():
     with pytest.raises(InvalidValueError, match="top_k"):
         validate_options(CFG, final_k=0)
     assert issubclass(InvalidValueError, GenrecError) and issubclass(GenrecError, ValueError)
+
+
+def test_ranker_features_must_be_finite_and_shaped():
+    from genrec.ranker import check_features
+
+    good = np.zeros((3, 14), np.float32)
+    assert check_features(good) is good
+    bad = good.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(InvalidValueError, match="ann_sim of candidate 1"):
+        check_features(bad)
+    with pytest.raises(InvalidValueError, match="shape"):
+        check_features(np.zeros((3, 13), np.float32))
