@@ -14,11 +14,13 @@ RUN=$(.venv/bin/python -c "from genrec.artifacts import latest_run; print(latest
 if [ "$CONFIG" != small ]; then
   # the committed configs are for `small`; a demo of another config uses its own repository
   REPO=build/model_repository_$CONFIG
+  RESULTS=build/exporters_$CONFIG.json  # bench/results/ holds the default config's figures
   .venv/bin/genrec-publish --write-configs "$CONFIG" --repository "$REPO"
 else
   REPO=model_repository
+  RESULTS=bench/results/exporters.json
 fi
-.venv/bin/genrec-publish --run "$RUN" --repository "$REPO"
+.venv/bin/genrec-publish --run "$RUN" --repository "$REPO" --results "$RESULTS"
 .venv/bin/genrec-triton --repository "$REPO" --log build/triton.log &
 TRITON=$!
 trap 'kill $TRITON 2>/dev/null || true' EXIT
