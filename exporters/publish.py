@@ -159,7 +159,8 @@ def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path
 
     from genrec.bundle import load_bundle
     from genrec.data.split import leave_last_out
-    from genrec.evaluate import dataset_of, heldout_requests
+    from genrec.evaluate import dataset_of
+    from genrec.heldout import heldout_requests
     from genrec.reference import ReferencePipeline
 
     torch.set_num_threads(2)

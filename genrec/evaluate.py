@@ -22,11 +22,12 @@ import torch
 from genrec.artifacts import DEFAULT_ROOT, latest_run, machine, now_iso, versions, write_json
 from genrec.bundle import ModelBundle, load_bundle
 from genrec.data.schema import Dataset
-from genrec.data.split import Split, leave_last_out
+from genrec.data.split import leave_last_out
+from genrec.heldout import heldout_requests
 from genrec.models.sasrec import left_pad
-from genrec.reference import RecommendRequest, ReferencePipeline
+from genrec.reference import ReferencePipeline
 from genrec.settings import named_config
-from genrec.train import _history, load_dataset, train
+from genrec.train import load_dataset, train
 
 K = 10
 BATCH = 32
@@ -39,20 +40,6 @@ def metrics_at_k(ranked: list[np.ndarray], targets: np.ndarray, k: int = K) -> t
         hits.append(float(pos.size > 0))
         ndcg.append(1.0 / np.log2(pos[0] + 2) if pos.size else 0.0)
     return float(np.mean(hits)), float(np.mean(ndcg))
-
-
-def heldout_requests(ds: Dataset, split: Split, users: np.ndarray, max_events: int) -> tuple[list[RecommendRequest], np.ndarray]:
-    reqs, targets = [], []
-    for u in users:
-        end, target = split.test_target(ds.events, int(u))
-        s = max(int(split.offsets[u]), end - max_events)
-        reqs.append(
-            RecommendRequest(
-                _history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])
-            )
-        )
-        targets.append(int(ds.events.item[target]))
-    return reqs, np.array(targets)
 
 
 def dataset_of(bundle: ModelBundle) -> Dataset:

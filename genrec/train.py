@@ -23,19 +23,20 @@ import torch.nn.functional as F
 from genrec.artifacts import DEFAULT_ROOT, machine, new_run, now_iso, versions, write_json
 from genrec.bundle import ModelBundle, build_models, sasrec_for
 from genrec.data.movielens import load_movielens
-from genrec.data.schema import Dataset, History
+from genrec.data.schema import Dataset
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
 from genrec.ensemble.cascade import prerank_scores, top_k
 from genrec.ensemble.prefix_trie import PrefixTrie
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
+from genrec.heldout import heldout_requests, history_slice
 from genrec.item_features import item_feature_matrix
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.rqvae import train_rqvae
 from genrec.models.sasrec import SASRec, left_pad
 from genrec.models.ugt_encoder import UGTEncoder, build_tokens
 from genrec.ranker import train_ranker
-from genrec.reference import RecommendRequest, ReferencePipeline
+from genrec.reference import ReferencePipeline
 from genrec.settings import Config, named_config
 
 PRERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -66,14 +67,6 @@ def draw_samples(split: Split, cfg: Config, rng: np.random.Generator) -> list[Sa
     return out
 
 
-def _history(ds: Dataset, start: int, end: int) -> History:
-    ev = ds.events
-    sl = slice(start, end)
-    return History(
-        ev.item[sl].astype(np.int64), ev.action[sl].astype(np.int64), ev.timestamp[sl].astype(np.int64), ev.device[sl].astype(np.int64)
-    )
-
-
 def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
     tc = cfg.train
     rng = np.random.default_rng(tc.seed)
@@ -95,7 +88,7 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
             # alternate compression on/off so one model serves both modes
             compression = cfg.encoder.compression and n % 2 == 0
             tokens = build_tokens(
-                [_history(ds, s.start, s.end) for s in batch],
+                [history_slice(ds, s.start, s.end) for s in batch],
                 [int(ds.users.segment[s.user]) for s in batch],
                 [int(ev.device[s.end]) for s in batch],
                 [int(ev.timestamp[s.end]) for s in batch],
@@ -152,29 +145,12 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]
     return model, loss_val
 
 
-def validation_requests(
-    ds: Dataset, split: Split, users: np.ndarray, pipeline: ReferencePipeline
-) -> tuple[list[RecommendRequest], np.ndarray]:
-    """History up to the validation target, and the target (events[-2]) for each user."""
-    reqs, targets = [], []
-    for u in users:
-        end, target = split.validation_target(ds.events, int(u))
-        s = max(int(split.offsets[u]), end - pipeline.cfg.max_history_events)
-        reqs.append(
-            RecommendRequest(
-                _history(ds, s, end), int(ds.users.segment[u]), int(ds.events.device[target]), int(ds.events.timestamp[target])
-            )
-        )
-        targets.append(int(ds.events.item[target]))
-    return reqs, np.array(targets)
-
-
 def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> dict[str, float]:
     """Choose the pre-rank weight, then train the ranker, on validation targets."""
     rng = np.random.default_rng(cfg.train.seed + 1)
     users = rng.choice(split.eligible_users, size=min(cfg.train.ranker_users, split.eligible_users.size), replace=False)
     pipeline = ReferencePipeline(bundle)
-    reqs, targets = validation_requests(ds, split, users, pipeline)
+    reqs, targets = heldout_requests(ds, split, users, pipeline.cfg.max_history_events, target="validation")
     traces = []
     for i in range(0, len(reqs), 32):
         _, tr = pipeline.traces(reqs[i : i + 32])

@@ -126,13 +126,3 @@ class History:
     def empty() -> History:
         z = np.zeros(0, dtype=np.int64)
         return History(z, z, z, z)
-
-
-def user_history(events: Events, offsets: np.ndarray, user: int) -> History:
-    s, e = int(offsets[user]), int(offsets[user + 1])
-    return History(
-        events.item[s:e].astype(np.int64),
-        events.action[s:e].astype(np.int64),
-        events.timestamp[s:e].astype(np.int64),
-        events.device[s:e].astype(np.int64),
-    )

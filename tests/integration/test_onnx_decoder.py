@@ -7,7 +7,8 @@ from genrec.ensemble.onnx_decoder import OnnxDecoderStep
 from genrec.exporters.onnx_export import export_decoder, session
 
 from genrec.data.split import leave_last_out
-from genrec.evaluate import dataset_of, heldout_requests
+from genrec.evaluate import dataset_of
+from genrec.heldout import heldout_requests
 from genrec.reference import ReferencePipeline, TorchCachedStep
 
 pytestmark = pytest.mark.integration

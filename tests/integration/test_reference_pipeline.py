@@ -7,7 +7,8 @@ from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.data.schema import History
 from genrec.data.split import leave_last_out
 from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemError
-from genrec.evaluate import dataset_of, heldout_requests
+from genrec.evaluate import dataset_of
+from genrec.heldout import heldout_requests
 from genrec.reference import RecommendRequest, ReferencePipeline
 
 pytestmark = pytest.mark.integration

@@ -87,7 +87,8 @@ def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol
     from genrec.exporters.onnx_export import encoder_cases
 
     from genrec.data.split import leave_last_out
-    from genrec.evaluate import dataset_of, heldout_requests
+    from genrec.evaluate import dataset_of
+    from genrec.heldout import heldout_requests
     from genrec.reference import ReferencePipeline
 
     b = tiny_bundle

@@ -1,0 +1,36 @@
+"""Requests for held-out targets (leave-last-out), shared by training (validation targets) and
+evaluation (test targets)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from genrec.data.schema import Dataset, History
+from genrec.data.split import Split
+from genrec.reference import RecommendRequest
+
+
+def history_slice(ds: Dataset, start: int, end: int) -> History:
+    ev = ds.events
+    sl = slice(start, end)
+    return History(
+        ev.item[sl].astype(np.int64), ev.action[sl].astype(np.int64), ev.timestamp[sl].astype(np.int64), ev.device[sl].astype(np.int64)
+    )
+
+
+def heldout_requests(
+    ds: Dataset, split: Split, users: np.ndarray, max_events: int, target: Literal["test", "validation"] = "test"
+) -> tuple[list[RecommendRequest], np.ndarray]:
+    """For each user: the history before the target (latest ``max_events``), at the target's
+    device and time, and the target item."""
+    reqs, targets = [], []
+    for u in users:
+        end, t = (split.test_target if target == "test" else split.validation_target)(ds.events, int(u))
+        start = max(int(split.offsets[u]), end - max_events)
+        reqs.append(
+            RecommendRequest(history_slice(ds, start, end), int(ds.users.segment[u]), int(ds.events.device[t]), int(ds.events.timestamp[t]))
+        )
+        targets.append(int(ds.events.item[t]))
+    return reqs, np.array(targets)
