@@ -6,7 +6,6 @@ Each forward's argument order is the contract's input order (``genrec.contracts`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genrec.models.moe_decoder import N_LEVELS, MoEDecoder
@@ -58,27 +57,13 @@ class DecoderStepGraph(nn.Module):
 
     def forward(self, step, codes, parents, past_k, past_v, cross_k, cross_v, cross_bias):
         dec = self.dec
-        r, w = codes.shape
         s = step[0]
         codes = torch.where(s > 0, codes, torch.zeros_like(codes))
         x = self.token_table[self.token_offset[s] + codes] + dec.step_emb.weight[s]  # (R, W, d)
         idx = parents[None, :, :, None, None, None].expand(past_k.shape[0], -1, -1, *past_k.shape[3:])
         past_k = torch.gather(past_k, 2, idx)
         past_v = torch.gather(past_v, 2, idx)
-        present_k, present_v = [], []
-        for i, layer in enumerate(dec.layers):
-            q, k, v = (t.reshape(r, w, layer.h, 1, layer.dh) for t in layer.qkv(layer.ln1(x)).chunk(3, dim=-1))
-            kk = torch.cat([past_k[i], k], dim=3)
-            vv = torch.cat([past_v[i], v], dim=3)
-            present_k.append(kk)
-            present_v.append(vv)
-            a = F.softmax(q @ kk.transpose(-1, -2) / layer.dh**0.5, dim=-1) @ vv
-            x = x + layer.self_out(a.reshape(r, w, -1))
-            cq = layer.cross_q(layer.ln2(x)).reshape(r, w, layer.h, layer.dh).transpose(1, 2)
-            c = dec._cross(layer, cq, cross_k[i], cross_v[i], cross_bias)
-            x = x + layer.cross_out(c.transpose(1, 2).reshape(r, w, -1))
-            y, _ = layer.moe(layer.ln3(x))
-            x = x + y
+        x, present_k, present_v = dec.step_layers(x, past_k, past_v, cross_k, cross_v, cross_bias)
         h = dec.ln_out(x)
         logits = h @ self.head_w[s].T + self.head_b[s]
         return logits, torch.stack(present_k), torch.stack(present_v)

@@ -206,13 +206,13 @@ INT8_TOLERANCE = 0.5
 def quantize_exported(cfg, exported: dict[str, tuple[Path, dict]], work: Path) -> dict[str, tuple[Path, dict]]:
     """Replace the encoder and decoder graphs by int8 dynamic-quantised ones, with parity vs fp32."""
     from genrec.exporters.onnx_export import session
-    from genrec.exporters.summary import _quantize, representative_feeds
+    from genrec.exporters.summary import quantize_int8, representative_feeds
 
     feeds = representative_feeds(cfg)
     out = dict(exported)
     for model in INT8_MODELS:
         path, parity = exported[model]
-        q = _quantize(path, work / f"{model}.int8.onnx")
+        q = quantize_int8(path, work / f"{model}.int8.onnx")
         err = 0.0
         for f in feeds[model].values():
             for a, b in zip(session(path).run(None, f), session(q).run(None, f)):

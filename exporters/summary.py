@@ -67,7 +67,7 @@ def representative_feeds(cfg: Config) -> dict[str, dict[str, dict[str, np.ndarra
     }
 
 
-def _quantize(src: Path, dst: Path) -> Path:
+def quantize_int8(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
@@ -103,7 +103,7 @@ def summarize(cfg: Config, exported: dict[str, tuple[Path, dict]], work: Path) -
                     }
                 )
         if model in ("ugt_encoder", "decoder_step", "decoder_cross_kv"):
-            q = _quantize(path, work / f"{model}.int8.onnx")
+            q = quantize_int8(path, work / f"{model}.int8.onnx")
             s = session(q)
             levers.append(
                 {

@@ -196,9 +196,15 @@ class ReferencePipeline:
         enc = self.encode(reqs)
         gens, _ = self.generate(enc, reqs)
         user = enc.user.numpy()
-        ann_k = reqs[0].options.ann_candidates if reqs[0].options else self.cfg.ann_candidates
-        anns = search_excluding(self.ann, user, ann_k, [r.excluded for r in reqs]) if ann_k else [np.zeros(0, dtype=np.int64)] * len(reqs)
+        anns = self.retrieve(user, reqs)
         return enc, [self.cascade(g, user[i], anns[i], reqs[i]) for i, g in enumerate(gens)]
+
+    def retrieve(self, user: np.ndarray, reqs: list[RecommendRequest]) -> list[np.ndarray]:
+        """ANN neighbours of each user vector, minus the request's excluded items."""
+        ann_k = reqs[0].options.ann_candidates if reqs[0].options else self.cfg.ann_candidates
+        if not ann_k:
+            return [np.zeros(0, dtype=np.int64)] * len(reqs)
+        return search_excluding(self.ann, user, ann_k, [r.excluded for r in reqs])
 
     def recommend(self, req: RecommendRequest) -> Recommendation:
         t = {"start": time.perf_counter()}
@@ -208,9 +214,7 @@ class ReferencePipeline:
         t["generate"] = time.perf_counter()
         opts = req.options or validate_options(self.cfg)
         user = enc.user.numpy()
-        ann = (
-            search_excluding(self.ann, user, opts.ann_candidates, [req.excluded])[0] if opts.ann_candidates else np.zeros(0, dtype=np.int64)
-        )
+        ann = self.retrieve(user, [req])[0]
         t["retrieve"] = time.perf_counter()
         trace = self.cascade(gens[0], user[0], ann, req)
         t["prerank"] = time.perf_counter()

@@ -137,22 +137,15 @@ class TritonServer:
             raise
         return self
 
-    def live(self) -> bool:
+    def _health(self, what: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/{what}", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
-
-    def crashed(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return self._health("ready")
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -155,6 +155,35 @@ class MoEDecoder(nn.Module):
         empty = [torch.zeros(memory.shape[0], 1, layer.h, 0, layer.dh) for layer in self.layers]
         return StepCache(list(empty), list(empty), list(ks), list(vs), memory_logw)
 
+    def step_layers(
+        self,
+        x: torch.Tensor,
+        past_k: list[torch.Tensor] | torch.Tensor,
+        past_v: list[torch.Tensor] | torch.Tensor,
+        cross_k: list[torch.Tensor] | torch.Tensor,
+        cross_v: list[torch.Tensor] | torch.Tensor,
+        cross_bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The layers of one step for x (R, W, d) given per-layer past (R, W, H, t, dh) and shared
+        cross K/V (R, H, M, dh). Returns the hidden state and the per-layer present K/V. Used by
+        ``step`` and by the exported step graph, so both compute exactly this."""
+        r, w, _ = x.shape
+        present_k, present_v = [], []
+        for i, layer in enumerate(self.layers):
+            q, k, v = (t.reshape(r, w, layer.h, 1, layer.dh) for t in layer.qkv(layer.ln1(x)).chunk(3, dim=-1))
+            kk = torch.cat([past_k[i], k], dim=3)
+            vv = torch.cat([past_v[i], v], dim=3)
+            present_k.append(kk)
+            present_v.append(vv)
+            a = F.softmax(q @ kk.transpose(-1, -2) / math.sqrt(layer.dh), dim=-1) @ vv
+            x = x + layer.self_out(a.reshape(r, w, -1))
+            cq = layer.cross_q(layer.ln2(x)).reshape(r, w, layer.h, layer.dh).transpose(1, 2)  # (R, H, W, dh)
+            c = self._cross(layer, cq, cross_k[i], cross_v[i], cross_bias)
+            x = x + layer.cross_out(c.transpose(1, 2).reshape(r, w, -1))
+            y, _ = layer.moe(layer.ln3(x))
+            x = x + y
+        return x, present_k, present_v
+
     @torch.no_grad()
     def step(self, cache: StepCache, step: int, codes: torch.Tensor | None, n_beams: int) -> torch.Tensor:
         """Feed step ``step``'s token for (R, W) beams (``codes`` None at step 0); logits (R, W, K_step).
@@ -163,20 +192,9 @@ class MoEDecoder(nn.Module):
         """
         r = cache.cross_bias.shape[0]
         x = self._token(step, codes, (r, n_beams))  # (R, W, d)
-        for i, layer in enumerate(self.layers):
-            q, k, v = (t.view(r, n_beams, layer.h, 1, layer.dh) for t in layer.qkv(layer.ln1(x)).chunk(3, dim=-1))
-            if cache.self_k[i].shape[1] != n_beams:  # first step: past is empty, widen to W beams
-                cache.self_k[i] = cache.self_k[i].expand(-1, n_beams, -1, -1, -1)
-                cache.self_v[i] = cache.self_v[i].expand(-1, n_beams, -1, -1, -1)
-            cache.self_k[i] = torch.cat([cache.self_k[i], k], dim=3)
-            cache.self_v[i] = torch.cat([cache.self_v[i], v], dim=3)
-            a = F.softmax(q @ cache.self_k[i].transpose(-1, -2) / math.sqrt(layer.dh), dim=-1) @ cache.self_v[i]
-            x = x + layer.self_out(a.reshape(r, n_beams, -1))
-            cq = layer.cross_q(layer.ln2(x)).view(r, n_beams, layer.h, layer.dh).transpose(1, 2)  # (R, H, W, dh)
-            c = self._cross(layer, cq, cache.cross_k[i], cache.cross_v[i], cache.cross_bias)
-            x = x + layer.cross_out(c.transpose(1, 2).reshape(r, n_beams, -1))
-            y, _ = layer.moe(layer.ln3(x))
-            x = x + y
+        past_k = [t.expand(-1, n_beams, -1, -1, -1) if t.shape[1] != n_beams else t for t in cache.self_k]  # step 0: widen
+        past_v = [t.expand(-1, n_beams, -1, -1, -1) if t.shape[1] != n_beams else t for t in cache.self_v]
+        x, cache.self_k, cache.self_v = self.step_layers(x, past_k, past_v, cache.cross_k, cache.cross_v, cache.cross_bias)
         return self.heads[step](self.ln_out(x))
 
     @torch.no_grad()

@@ -43,27 +43,25 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         if self.batched and len(requests) > 1:
             return self._execute_batched(requests)
-        responses = []
-        for request in requests:
-            try:
-                feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
-                outs = self.session.run(self.outputs, feeds)
-                responses.append(
-                    pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)])
-                )
-            except Exception as e:  # one bad request must not take the others down
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
-        return responses
+        return [self._run_one(r) for r in requests]
+
+    def _run_one(self, request):
+        try:
+            feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+            outs = self.session.run(self.outputs, feeds)
+            return pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)])
+        except Exception as e:  # one bad request must not take the others down
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
 
     def _execute_batched(self, requests: list) -> list:
-        """Requests merged by the dynamic batcher run as one session call, then split."""
+        """Requests merged by the dynamic batcher run as one session call, then split; if the
+        merged call fails, each request runs alone so only the bad one gets the error."""
         try:
             parts = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
             sizes = [p[self.inputs[0]].shape[0] for p in parts]
-            feeds = {n: np.concatenate([p[n] for p in parts]) for n in self.inputs}
-            outs = self.session.run(self.outputs, feeds)
+            outs = self.session.run(self.outputs, {n: np.concatenate([p[n] for p in parts]) for n in self.inputs})
         except Exception:
-            return self._execute_each(requests)
+            return [self._run_one(r) for r in requests]
         responses, start = [], 0
         for size in sizes:
             responses.append(
@@ -73,10 +71,3 @@ class TritonPythonModel:
             )
             start += size
         return responses
-
-    def _execute_each(self, requests: list) -> list:
-        self.batched = False
-        try:
-            return self.execute(requests)
-        finally:
-            self.batched = True
