@@ -182,6 +182,17 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> 
 
 
 def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, skip_sasrec: bool = False) -> Path:
+    # Reproducible runs: without this the MoE's scatter-add (index_put accumulate) sums in a
+    # thread-dependent order and two runs drift apart (measured: 4e-4 in decoder weights).
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(cfg, movielens, root, skip_sasrec)
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) -> Path:
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     timings: dict[str, float] = {}
