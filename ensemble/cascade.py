@@ -9,8 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from genrec.ensemble.beam_search import Generated
+from genrec.ensemble.ranking_features import ItemTable, ranking_features
+from genrec.ensemble.request_validation import RecommendRequest, RequestOptions
 
 NOT_GENERATED_RANK = 10_000  # beam rank given to items that only ANN found
+COLD_START_POPULAR = 100  # popular items added to the candidates when the history is empty
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,44 @@ def prerank_scores(c: Candidates, sim_weight: float) -> np.ndarray:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, best first; ties go to the lower index (deterministic)."""
     return np.argsort(-scores, kind="stable")[:k]
+
+
+@dataclass
+class CascadeTrace:
+    """Intermediate results of one request (for evaluation, ranker training and metrics)."""
+
+    generated: Generated
+    candidates: Candidates
+    prerank: np.ndarray  # pre-rank score of every candidate
+    kept: np.ndarray  # indices into candidates, best first (the 100)
+    features: np.ndarray  # ranker features of the kept candidates
+
+
+def popular_order(items: ItemTable) -> np.ndarray:
+    """Items by training popularity, most popular first (the cold-start fallback)."""
+    return np.argsort(-items.log_popularity, kind="stable")
+
+
+def cascade(
+    gen: Generated,
+    user_vec: np.ndarray,
+    ann_items: np.ndarray,
+    req: RecommendRequest,
+    opts: RequestOptions,
+    item_vectors: np.ndarray,
+    items: ItemTable,
+    prerank_weight: float,
+    popular: np.ndarray,
+) -> CascadeTrace:
+    """Candidates (generated + ANN, + popular items for an empty history) -> pre-rank -> the kept
+    ones with their ranker features. The ranker itself runs outside (LightGBM or Triton)."""
+    if len(req.history) == 0:
+        pop = popular[: COLD_START_POPULAR + (0 if req.excluded is None else len(req.excluded))]
+        if req.excluded is not None:
+            pop = pop[~np.isin(pop, req.excluded)]
+        ann_items = np.concatenate([ann_items, pop[~np.isin(pop, ann_items)][:COLD_START_POPULAR]])
+    cands = merge(gen, ann_items, user_vec, item_vectors, opts.max_candidates)
+    pre = prerank_scores(cands, prerank_weight)
+    kept = top_k(pre, opts.prerank_keep)
+    feats = ranking_features(cands.take(kept), pre[kept], items, req.history.item, req.history.timestamp, float(req.request_time()))
+    return CascadeTrace(gen, cands, pre, kept, feats)

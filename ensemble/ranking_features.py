@@ -4,9 +4,12 @@ by the reference pipeline and by the Triton model, so the three cannot drift."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from genrec.ensemble.cascade import Candidates
+
+if TYPE_CHECKING:
+    from genrec.ensemble.cascade import Candidates
 
 FEATURE_NAMES = (
     "gen_logprob",

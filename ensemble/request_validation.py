@@ -6,7 +6,7 @@ precise 4xx / KServe error. Caps come from ``PipelineConfig``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemErr
 from genrec.settings import PipelineConfig
 
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: later (or negative) times are a unit mistake
+MAX_USER_ID_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -77,18 +78,105 @@ def validate_excluded(excluded: object, n_items: int, cfg: PipelineConfig) -> np
     return ex
 
 
+def _option_ints(name: str, value: object) -> tuple[int, ...]:
+    """An option given as an int, a list of ints or a comma-separated string (request parameters)."""
+    parts = value.split(",") if isinstance(value, str) else list(np.atleast_1d(np.asarray(value)))
+    try:
+        out = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        raise InvalidValueError(name, f"expected integers, got {value!r}") from None
+    if not out:
+        raise InvalidValueError(name, "is empty")
+    return out
+
+
 def validate_options(
-    cfg: PipelineConfig, beam_widths: object = None, ann_candidates: object = None, final_k: object = None
+    cfg: PipelineConfig,
+    beam_widths: object = None,
+    ann_candidates: object = None,
+    max_candidates: object = None,
+    final_k: object = None,
 ) -> RequestOptions:
-    widths = cfg.beam_widths if beam_widths is None else tuple(int(w) for w in np.atleast_1d(np.asarray(beam_widths)))
-    if len(widths) == 1:
+    """Per-request knobs; each defaults to the config and is capped (caps in ``PipelineConfig``)."""
+    widths = cfg.beam_widths if beam_widths is None else _option_ints("beam_width", beam_widths)
+    if len(widths) == 1:  # one width: the last level's, earlier levels keep their default unless narrower
         widths = (min(widths[0], cfg.beam_widths[0]), min(widths[0], cfg.beam_widths[1]), widths[0])
     if len(widths) != 3 or any(w < 1 or w > cfg.max_beam_width for w in widths):
         raise InvalidValueError("beam_width", f"expected 1 or 3 values in [1, {cfg.max_beam_width}], got {list(widths)}")
-    ann = cfg.ann_candidates if ann_candidates is None else int(ann_candidates)
-    if ann < 0 or ann > cfg.max_candidates:
-        raise InvalidValueError("ann_candidates", f"expected [0, {cfg.max_candidates}], got {ann}")
-    k = cfg.final_k if final_k is None else int(final_k)
-    if k < 1 or k > cfg.prerank_keep:
+    cands = cfg.max_candidates if max_candidates is None else _option_ints("max_candidates", max_candidates)[0]
+    if not cfg.prerank_keep <= cands <= cfg.max_candidates:
+        raise InvalidValueError("max_candidates", f"expected [{cfg.prerank_keep}, {cfg.max_candidates}], got {cands}")
+    ann = cfg.ann_candidates if ann_candidates is None else _option_ints("ann_candidates", ann_candidates)[0]
+    if not 0 <= ann <= cands:
+        raise InvalidValueError("ann_candidates", f"expected [0, {cands}], got {ann}")
+    k = cfg.final_k if final_k is None else _option_ints("top_k", final_k)[0]
+    if not 1 <= k <= cfg.prerank_keep:
         raise InvalidValueError("top_k", f"expected [1, {cfg.prerank_keep}], got {k}")
-    return RequestOptions(tuple(widths), ann, cfg.max_candidates, cfg.prerank_keep, k)  # type: ignore[arg-type]
+    return RequestOptions(widths, ann, cands, cfg.prerank_keep, k)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    history: History
+    segment: int = 0
+    ctx_device: int = 0
+    ctx_time: int | None = None  # request time; defaults to one minute after the last event
+    user_id: str | None = None  # key of the encoder cache
+    excluded: np.ndarray | None = None
+    options: RequestOptions | None = None
+
+    def request_time(self) -> int:
+        if self.ctx_time is not None:
+            return int(self.ctx_time)
+        return int(self.history.timestamp[-1]) + 60 if len(self.history) else 0
+
+
+@dataclass
+class Recommendation:
+    items: np.ndarray
+    scores: np.ndarray
+    stage_counts: dict[str, int] = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    cache: str = "off"  # encoder cache outcome: "hit", "miss" or "off"
+
+
+def validate_request(
+    item: object,
+    action: object,
+    timestamp: object,
+    device: object,
+    *,
+    n_items: int,
+    n_devices: int,
+    n_segments: int,
+    cfg: PipelineConfig,
+    segment: object = 0,
+    ctx_device: object = 0,
+    ctx_time: object = None,
+    user_id: str | None = None,
+    excluded: object = None,
+    **options: object,
+) -> RecommendRequest:
+    """Every input of a recommend request checked against the catalogue and the caps."""
+    h = validate_history(item, action, timestamp, device, n_items, n_devices, cfg)
+    seg, dev = (int(_int_array(n, np.atleast_1d(v))[0]) for n, v in (("segment", segment), ("ctx_device", ctx_device)))
+    if not 0 <= seg < n_segments:
+        raise InvalidValueError("segment", f"expected [0, {n_segments}), got {seg}")
+    if not 0 <= dev < n_devices:
+        raise InvalidValueError("ctx_device", f"expected [0, {n_devices}), got {dev}")
+    t = None
+    if ctx_time is not None:
+        t = int(_int_array("request_time", np.atleast_1d(np.asarray(ctx_time, dtype=np.float64)))[0])
+        if not 0 <= t <= MAX_TIMESTAMP:
+            raise InvalidValueError("request_time", f"expected unix seconds in [0, {MAX_TIMESTAMP}]")
+    if user_id is not None and (not user_id or len(user_id) > MAX_USER_ID_BYTES):
+        raise InvalidValueError("user_id", f"expected 1 to {MAX_USER_ID_BYTES} bytes")
+    return RecommendRequest(
+        h,
+        seg,
+        dev,
+        ctx_time=t,
+        user_id=user_id,
+        excluded=validate_excluded(excluded, n_items, cfg),
+        options=validate_options(cfg, **options),  # type: ignore[arg-type]
+    )

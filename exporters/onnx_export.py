@@ -109,15 +109,18 @@ def encoder_cases(b: ModelBundle, histories: list[History], seed: int = 0) -> li
     rng = np.random.default_rng(seed)
     cases = []
     for h in histories:
-        s = enc.init_state()
+        inc = enc.incremental(comp)
+        s = inc.init_state()
         n_prefix = max(0, len(h) - 3)
-        enc.extend(s, h.head(n_prefix), 0, comp)
+        inc.extend(s, h.head(n_prefix), 0)
         new = History(h.item[n_prefix:], h.action[n_prefix:], h.timestamp[n_prefix:], h.device[n_prefix:])
         if len(new) == 0 or s.n_tokens == 0:
             continue
-        enc._advance(s, s.n_tokens // b.cfg.encoder.block_tokens) if comp else None
+        if comp:
+            inc.advance(s, s.n_tokens // b.cfg.encoder.block_tokens)
         ev = event_tokens(new.head(1), s.n_tokens)
-        ck, cv, cw, cpos, ctime = (t.numpy() for t in enc._context(s, comp))
+        ctx = inc.context(s)
+        ck, cv, cw, cpos, ctime = (ctx[n] for n in ("ctx_k", "ctx_v", "ctx_w", "ctx_pos", "ctx_time"))
         cases.append(_enc_feeds(ev, ck, cv, cw, cpos, ctime))
     d, layers = b.cfg.encoder.d_model, b.cfg.encoder.n_layers
     for n_ctx, g in ((0, 3), (5, 1), (40, 7)):

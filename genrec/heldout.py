@@ -9,7 +9,7 @@ import numpy as np
 
 from genrec.data.schema import Dataset, History
 from genrec.data.split import Split
-from genrec.reference import RecommendRequest
+from genrec.ensemble.request_validation import RecommendRequest
 
 
 def history_slice(ds: Dataset, start: int, end: int) -> History:

@@ -16,7 +16,6 @@ tokens, and the most popular items join the ANN candidates.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,17 +23,14 @@ import torch
 from genrec.bundle import ModelBundle
 from genrec.data.schema import History
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
-from genrec.ensemble.cascade import Candidates, merge, prerank_scores, top_k
+from genrec.ensemble.cascade import CascadeTrace, cascade, popular_order, top_k
 from genrec.ensemble.encoder_cache import EncoderCache
-from genrec.ensemble.ranking_features import ranking_features
-from genrec.ensemble.request_validation import RequestOptions, validate_excluded, validate_history, validate_options
+from genrec.ensemble.encoder_state import EncoderState
+from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex, search_excluding
-from genrec.errors import InvalidValueError
 from genrec.models.moe_decoder import MoEDecoder
-from genrec.models.ugt_encoder import EncoderOutput, EncoderState, build_tokens
+from genrec.models.ugt_encoder import EncoderOutput, build_tokens
 from genrec.ranker import check_features
-
-COLD_START_POPULAR = 100  # popular items added to the candidates when the history is empty
 
 
 class TorchCachedStep:
@@ -65,41 +61,6 @@ class TorchUncachedStep:
         return self.decoder.step_uncached(self.memory, self.logw, torch.from_numpy(self.prefix)).numpy()
 
 
-@dataclass(frozen=True)
-class RecommendRequest:
-    history: History
-    segment: int = 0
-    ctx_device: int = 0
-    ctx_time: int | None = None  # request time; defaults to one minute after the last event
-    user_id: str | None = None  # key of the encoder cache
-    excluded: np.ndarray | None = None
-    options: RequestOptions | None = None
-
-    def request_time(self) -> int:
-        if self.ctx_time is not None:
-            return int(self.ctx_time)
-        return int(self.history.timestamp[-1]) + 60 if len(self.history) else 0
-
-
-@dataclass
-class Recommendation:
-    items: np.ndarray
-    scores: np.ndarray
-    stage_counts: dict[str, int] = field(default_factory=dict)
-    stage_ms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class CascadeTrace:
-    """Intermediate results of one request (for evaluation and ranker training)."""
-
-    generated: Generated
-    candidates: Candidates
-    prerank: np.ndarray  # pre-rank score of every candidate
-    kept: np.ndarray  # indices into candidates, best first (the 100)
-    features: np.ndarray  # ranker features of the kept candidates
-
-
 class ReferencePipeline:
     def __init__(
         self,
@@ -117,20 +78,10 @@ class ReferencePipeline:
         self.ann = ann or ExactIndex(bundle.item_vectors)
 
     # ---- validation ---------------------------------------------------------------------------
-    def validate(
-        self, item, action, timestamp, device, segment: int = 0, ctx_device: int = 0, excluded=None, **options
-    ) -> RecommendRequest:
-        h = validate_history(item, action, timestamp, device, self.b.n_items, self.b.n_devices, self.cfg)
-        if not 0 <= segment < self.b.n_segments:
-            raise InvalidValueError("segment", f"expected [0, {self.b.n_segments})")
-        if not 0 <= ctx_device < self.b.n_devices:
-            raise InvalidValueError("ctx_device", f"expected [0, {self.b.n_devices})")
-        return RecommendRequest(
-            h,
-            segment,
-            ctx_device,
-            excluded=validate_excluded(excluded, self.b.n_items, self.cfg),
-            options=validate_options(self.cfg, **options),
+    def validate(self, item, action, timestamp, device, **kw) -> RecommendRequest:
+        b = self.b
+        return validate_request(
+            item, action, timestamp, device, n_items=b.n_items, n_devices=b.n_devices, n_segments=b.n_segments, cfg=self.cfg, **kw
         )
 
     # ---- stages ---------------------------------------------------------------------------------
@@ -142,24 +93,18 @@ class ReferencePipeline:
         )
         return self.b.encoder.forward_dense(tokens, compression=self.compression)
 
-    @torch.no_grad()
     def encode_cached(self, req: RecommendRequest) -> EncoderOutput:
         """Encoding through the per-user state cache: only events after the cached prefix run."""
         assert self.encoder_cache is not None and req.user_id is not None
-        enc = self.b.encoder
+        inc = self.b.encoder.incremental(self.compression)
         state, n_cached = self.encoder_cache.take(req.user_id, req.history)
-        if state is None:
-            state = enc.init_state()
-        enc.extend(
-            state,
-            History(*(a[n_cached:] for a in (req.history.item, req.history.action, req.history.timestamp, req.history.device))),
-            req.segment,
-            self.compression,
-        )
-        out = enc.query(state, req.ctx_device, req.request_time(), req.segment, self.compression)
-        if len(req.history):
-            self.encoder_cache.store(req.user_id, req.history, state)
-        return out
+        state = state or inc.init_state()
+        h = req.history
+        inc.extend(state, History(h.item[n_cached:], h.action[n_cached:], h.timestamp[n_cached:], h.device[n_cached:]), req.segment)
+        out = inc.query(state, req.ctx_device, req.request_time(), req.segment)
+        if len(h):
+            self.encoder_cache.store(req.user_id, h, state)
+        return EncoderOutput(torch.from_numpy(out.memory)[None], torch.from_numpy(out.memory_logw)[None], torch.from_numpy(out.user)[None])
 
     def generate(self, enc: EncoderOutput, reqs: list[RecommendRequest]) -> tuple[list[Generated], int]:
         widths = reqs[0].options.beam_widths if reqs[0].options else self.cfg.beam_widths
@@ -169,19 +114,9 @@ class ReferencePipeline:
         return generated_items(result, self.b.trie, excluded), result.pruned
 
     def cascade(self, gen: Generated, user_vec: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
+        b = self.b
         opts = req.options or validate_options(self.cfg)
-        if len(req.history) == 0:
-            popular = self.b.popular_items(COLD_START_POPULAR + (0 if req.excluded is None else len(req.excluded)))
-            if req.excluded is not None:
-                popular = popular[~np.isin(popular, req.excluded)]
-            ann_items = np.concatenate([ann_items, popular[~np.isin(popular, ann_items)][:COLD_START_POPULAR]])
-        cands = merge(gen, ann_items, user_vec, self.b.item_vectors, opts.max_candidates)
-        pre = prerank_scores(cands, self.b.prerank_weight)
-        kept = top_k(pre, opts.prerank_keep)
-        feats = ranking_features(
-            cands.take(kept), pre[kept], self.b.items, req.history.item, req.history.timestamp, float(req.request_time())
-        )
-        return CascadeTrace(gen, cands, pre, kept, feats)
+        return cascade(gen, user_vec, ann_items, req, opts, b.item_vectors, b.items, b.prerank_weight, popular_order(b.items))
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.b.ranker is None:  # before the ranker is trained (training uses the pre-rank order)

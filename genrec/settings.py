@@ -111,6 +111,22 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """How the Triton ``recommend`` model runs (``GENREC_SERVING__<FIELD>`` at server start)."""
+
+    # "in_process": the ONNX graphs run as onnxruntime sessions inside the recommend model;
+    # "bls": each graph call is a BLS request to the served model. See bench/results/bls_cost.json.
+    execution: str = "in_process"
+    ort_threads: int = 1  # intra-op threads per in-process session
+    kv_cache: bool = True  # False: the uncached decoder (the benchmark baseline)
+    encoder_cache_bytes: int = 256 * 2**20  # per model instance; ~107 KB per user in `small`
+    ann: str = "milvus"  # "milvus" (milvus-lite file, or a server at milvus_uri) or "exact"
+    milvus_uri: str = ""  # "" = a milvus-lite file per model instance under state_dir
+    milvus_collection: str = "genrec_items"
+    state_dir: str = ""  # "" = a fresh temporary directory
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "small"
     data: DataConfig = field(default_factory=DataConfig)
@@ -119,6 +135,7 @@ class Config:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,4 +242,5 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
         decoder=build(DecoderConfig, d["decoder"]),
         train=build(TrainConfig, d["train"]),
         pipeline=build(PipelineConfig, d["pipeline"]),
+        serving=build(ServingConfig, d.get("serving", {})),
     )

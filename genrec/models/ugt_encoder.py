@@ -28,7 +28,7 @@ layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.data.schema import N_ACTIONS, History
+from genrec.ensemble.encoder_state import ACTION, CONTEXT, ITEM, USER, EncoderState, Geometry, IncrementalEncoder, event_tokens
 from genrec.settings import EncoderConfig
 
-USER, ITEM, ACTION, CONTEXT = 0, 1, 2, 3
 N_TOKEN_TYPES = 4
 
 
@@ -128,28 +128,6 @@ class TokenBatch:
     length: torch.Tensor  # (B,) long
 
 
-def event_tokens(h: History, first_position: int) -> dict[str, np.ndarray]:
-    """The ITEM/ACTION token pair of each event, as arrays (no USER / CTX)."""
-    n = 2 * len(h)
-    types = np.empty(n, dtype=np.int64)
-    types[0::2], types[1::2] = ITEM, ACTION
-    item = np.full(n, -1, dtype=np.int64)
-    item[0::2] = h.item
-    action = np.zeros(n, dtype=np.int64)
-    action[1::2] = h.action
-    device = np.zeros(n, dtype=np.int64)
-    device[1::2] = h.device
-    time = np.repeat(h.timestamp.astype(np.float64), 2)
-    return {
-        "item": item,
-        "action": action,
-        "device": device,
-        "types": types,
-        "time": time,
-        "pos": np.arange(first_position, first_position + n),
-    }
-
-
 def build_tokens(histories: list[History], segments: list[int], ctx_device: list[int], ctx_time: list[int]) -> TokenBatch:
     lengths = [2 * len(h) + 2 for h in histories]
     n, b = max(lengths), len(histories)
@@ -182,41 +160,6 @@ class EncoderOutput:
     memory: torch.Tensor  # (B, M, d) what the decoder cross-attends to
     memory_logw: torch.Tensor  # (B, M) log of the token count each memory entry stands for; -inf = absent
     user: torch.Tensor  # (B, d) user embedding for ANN, in item-embedding space
-
-
-@dataclass
-class EncoderState:
-    """A user's cached encoder state after ``n_tokens`` tokens (USER + 2 per event)."""
-
-    n_tokens: int = 0
-    block: int = 0  # block of the next token
-    ex_k: list[torch.Tensor] = field(default_factory=list)  # per layer (n_ex, d)
-    ex_v: list[torch.Tensor] = field(default_factory=list)
-    ex_out: torch.Tensor | None = None  # (n_ex, d) final outputs
-    ex_pos: torch.Tensor | None = None  # (n_ex,) float
-    ex_time: torch.Tensor | None = None  # (n_ex,) float64
-    ex_types: torch.Tensor | None = None
-    sl_k: list[torch.Tensor] = field(default_factory=list)  # per layer (n_slots, d) block means
-    sl_v: list[torch.Tensor] = field(default_factory=list)
-    sl_out: torch.Tensor | None = None
-    sl_pos: torch.Tensor | None = None
-    sl_time: torch.Tensor | None = None
-    su_k: list[torch.Tensor] = field(default_factory=list)  # per layer (d,) sums of folded block means
-    su_v: list[torch.Tensor] = field(default_factory=list)
-    su_out: torch.Tensor | None = None
-    su_pos: float = 0.0
-    su_time: float = 0.0
-    su_count: int = 0  # blocks folded into the summary
-    last_time: float = 0.0
-
-    def nbytes(self) -> int:
-        ts = [*self.ex_k, *self.ex_v, *self.sl_k, *self.sl_v, *self.su_k, *self.su_v]
-        ts += [
-            t
-            for t in (self.ex_out, self.ex_pos, self.ex_time, self.ex_types, self.sl_out, self.sl_pos, self.sl_time, self.su_out)
-            if t is not None
-        ]
-        return sum(t.numel() * t.element_size() for t in ts)
 
 
 class UGTEncoder(nn.Module):
@@ -348,67 +291,6 @@ class UGTEncoder(nn.Module):
         return EncoderOutput(memory, torch.where(mw > 0, mw.log(), torch.full_like(mw, -math.inf)), user)
 
     # ---- incremental encoding with a cached state -------------------------------------------
-    def init_state(self) -> EncoderState:
-        d = self.cfg.d_model
-        z = torch.zeros(0, d)
-        nl = len(self.layers)
-        return EncoderState(
-            ex_k=[z] * nl,
-            ex_v=[z] * nl,
-            ex_out=z,
-            ex_pos=torch.zeros(0, dtype=torch.float64),
-            ex_time=torch.zeros(0, dtype=torch.float64),
-            ex_types=torch.zeros(0, dtype=torch.long),
-            sl_k=[z] * nl,
-            sl_v=[z] * nl,
-            sl_out=z,
-            sl_pos=torch.zeros(0, dtype=torch.float64),
-            sl_time=torch.zeros(0, dtype=torch.float64),
-            su_k=[torch.zeros(d)] * nl,
-            su_v=[torch.zeros(d)] * nl,
-            su_out=torch.zeros(d),
-        )
-
-    def _advance(self, s: EncoderState, block: int) -> None:
-        """Move the state's view forward to queries in ``block``: exact -> slot -> summary."""
-        c, rb, m = self._geometry
-        while s.block < block:
-            s.block += 1
-            leaving = s.block - rb - 1  # block that drops out of the exact window
-            if leaving >= 0:
-                first = leaving * c
-                sel = (s.ex_pos >= first) & (s.ex_pos < first + c)
-                keep = ~sel
-                s.sl_k = [torch.cat([sk, ek[sel].mean(0, keepdim=True)]) for sk, ek in zip(s.sl_k, s.ex_k)]
-                s.sl_v = [torch.cat([sv, ev[sel].mean(0, keepdim=True)]) for sv, ev in zip(s.sl_v, s.ex_v)]
-                s.sl_out = torch.cat([s.sl_out, s.ex_out[sel].mean(0, keepdim=True)])
-                s.sl_pos = torch.cat([s.sl_pos, s.ex_pos[sel].mean().view(1)])
-                s.sl_time = torch.cat([s.sl_time, s.ex_time[sel].mean().view(1)])
-                s.ex_k, s.ex_v = [k[keep] for k in s.ex_k], [v[keep] for v in s.ex_v]
-                s.ex_out, s.ex_pos, s.ex_time, s.ex_types = s.ex_out[keep], s.ex_pos[keep], s.ex_time[keep], s.ex_types[keep]
-            if s.block - rb - m - 1 >= 0 and s.sl_pos.numel() > 0:  # oldest slot folds into the summary
-                s.su_k = [a + k[0] for a, k in zip(s.su_k, s.sl_k)]
-                s.su_v = [a + v[0] for a, v in zip(s.su_v, s.sl_v)]
-                s.su_out = s.su_out + s.sl_out[0]
-                s.su_pos += float(s.sl_pos[0])
-                s.su_time += float(s.sl_time[0])
-                s.su_count += 1
-                s.sl_k, s.sl_v = [k[1:] for k in s.sl_k], [v[1:] for v in s.sl_v]
-                s.sl_out, s.sl_pos, s.sl_time = s.sl_out[1:], s.sl_pos[1:], s.sl_time[1:]
-
-    def _context(self, s: EncoderState, compression: bool) -> tuple[torch.Tensor, ...]:
-        """Cached keys visible to the current block: k, v (L, Nc, d), weights, pos, time (Nc,)."""
-        if not compression:
-            return torch.stack(s.ex_k), torch.stack(s.ex_v), torch.ones(s.ex_pos.numel()), s.ex_pos, s.ex_time
-        c = self.cfg.block_tokens
-        n = max(s.su_count, 1)
-        k = torch.stack([torch.cat([su[None] / n, sl, ex]) for su, sl, ex in zip(s.su_k, s.sl_k, s.ex_k)])
-        v = torch.stack([torch.cat([su[None] / n, sl, ex]) for su, sl, ex in zip(s.su_v, s.sl_v, s.ex_v)])
-        w = torch.cat([torch.tensor([float(c * s.su_count)]), torch.full((s.sl_pos.numel(),), float(c)), torch.ones(s.ex_pos.numel())])
-        pos = torch.cat([torch.tensor([s.su_pos / n], dtype=torch.float64), s.sl_pos, s.ex_pos])
-        time = torch.cat([torch.tensor([s.su_time / n], dtype=torch.float64), s.sl_time, s.ex_time])
-        return k, v, w, pos, time
-
     def block_forward(
         self,
         item: torch.Tensor,
@@ -449,80 +331,24 @@ class UGTEncoder(nn.Module):
         out = self.ln_out(x, types2)[0]
         return torch.stack(ks), torch.stack(vs), out, self.user_proj(out)
 
-    def _run_group(self, s: EncoderState, tok: dict[str, torch.Tensor], segment: int, compression: bool, cache: bool) -> torch.Tensor:
-        """Run tokens of one block (or the CTX query) against the state; append them if ``cache``."""
-        ctx = self._context(s, compression)
-        new_k, new_v, out, _ = self.block_forward(
-            tok["item"], tok["action"], tok["device"], tok["types"], tok["time"], tok["pos"], torch.tensor([segment]), *ctx
-        )
-        if cache:
-            s.ex_k = [torch.cat([a, b]) for a, b in zip(s.ex_k, new_k)]
-            s.ex_v = [torch.cat([a, b]) for a, b in zip(s.ex_v, new_v)]
-            s.ex_out = torch.cat([s.ex_out, out])
-            s.ex_pos = torch.cat([s.ex_pos, tok["pos"].double()])
-            s.ex_time = torch.cat([s.ex_time, tok["time"]])
-            s.ex_types = torch.cat([s.ex_types, tok["types"]])
-        return out
-
     @torch.no_grad()
+    def _block_numpy(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        names = ("item", "action", "device", "types", "time", "pos", "segment", "ctx_k", "ctx_v", "ctx_w", "ctx_pos", "ctx_time")
+        return tuple(o.numpy() for o in self.block_forward(*(t[n] for n in names)))
+
+    def incremental(self, compression: bool | None = None) -> IncrementalEncoder:
+        """The shared state logic (``genrec.ensemble.encoder_state``) driving this model's block graph."""
+        return IncrementalEncoder(self._block_numpy, Geometry.of(self.cfg, compression))
+
+    def init_state(self) -> EncoderState:
+        return self.incremental().init_state()
+
     def extend(self, s: EncoderState, new_events: History, segment: int, compression: bool | None = None) -> EncoderState:
         """Append events to a user's state in place. Work is O(k) blocks for k new events."""
-        compression = self.cfg.compression if compression is None else compression
-        if len(new_events) == 0:
-            return s
-        return self._extend_tokens(s, new_events, segment, compression, float(new_events.timestamp[0]))
+        return self.incremental(compression).extend(s, new_events, segment)
 
-    def _extend_tokens(self, s: EncoderState, new_events: History, segment: int, compression: bool, user_time: float) -> EncoderState:
-        ev = event_tokens(new_events, s.n_tokens + (1 if s.n_tokens == 0 else 0))
-        if s.n_tokens == 0:  # the USER token opens every history
-            for key, val in (("item", -1), ("action", 0), ("device", 0), ("types", USER), ("time", user_time), ("pos", 0)):
-                ev[key] = np.concatenate([[val], ev[key]]).astype(ev[key].dtype)
-        t = {k: torch.from_numpy(v) for k, v in ev.items()}
-        c = self.cfg.block_tokens
-        start, total = 0, len(ev["pos"])
-        while start < total:
-            end = total
-            if compression:  # one block at a time: all its queries share one compressed view
-                p0 = int(ev["pos"][start])
-                self._advance(s, p0 // c)
-                end = start + min(total - start, (p0 // c + 1) * c - p0)
-            self._run_group(s, {k: v[start:end] for k, v in t.items()}, segment, compression, cache=True)
-            start = end
-        s.n_tokens += len(ev["pos"])
-        s.last_time = float(new_events.timestamp[-1]) if len(new_events) else user_time
-        if compression:
-            self._advance(s, s.n_tokens // self.cfg.block_tokens)
-        return s
-
-    @torch.no_grad()
     def query(self, s: EncoderState, ctx_device: int, ctx_time: int, segment: int, compression: bool | None = None) -> EncoderOutput:
         """Run the request's CTX token against a cached state: the decoder memory and user vector."""
-        compression = self.cfg.compression if compression is None else compression
-        tok = {
-            "item": torch.tensor([-1]),
-            "action": torch.tensor([0]),
-            "device": torch.tensor([ctx_device]),
-            "types": torch.tensor([CONTEXT]),
-            "time": torch.tensor([float(ctx_time)], dtype=torch.float64),
-            "pos": torch.tensor([s.n_tokens]),
-        }
-        if s.n_tokens == 0:  # empty history (cold start): USER token then CTX; nothing is cached
-            s = self._extend_tokens(self.init_state(), History.empty(), segment, compression, float(ctx_time))
-        out = self._run_group(s, tok, segment, compression, cache=False)
-        user = self.user_proj(out)
-        c = self.cfg.block_tokens
-        if compression:
-            n = max(s.su_count, 1)
-            mem = torch.cat([s.su_out[None] / n, s.sl_out, s.ex_out, out])
-            w = torch.cat(
-                [
-                    torch.tensor([c * s.su_count if s.su_count else 0.0]),
-                    torch.full((s.sl_pos.numel(),), float(c)),
-                    torch.ones(s.ex_pos.numel() + 1),
-                ]
-            )
-        else:
-            mem = torch.cat([s.ex_out, out])
-            w = torch.ones(mem.shape[0])
-        keep = w > 0
-        return EncoderOutput(mem[keep][None], w[keep].log()[None], user)
+        r = self.incremental(compression).query(s, ctx_device, ctx_time, segment)
+        return EncoderOutput(torch.from_numpy(r.memory)[None], torch.from_numpy(r.memory_logw)[None], torch.from_numpy(r.user)[None])

@@ -1,0 +1,268 @@
+"""A user's cached UGT encoder state and its incremental update, in numpy.
+
+The encoder graph itself (one block of new tokens against explicit cached K/V) is a callable:
+the PyTorch ``UGTEncoder.block_forward`` in the reference pipeline, the exported ONNX graph (in
+process or through Triton BLS) on the serving path. Everything around it lives here, once:
+which cached keys a block sees, how old blocks are compressed, what the decoder's memory is.
+
+History compression (see ``genrec.models.ugt_encoder`` for the attention maths): a query in
+block ``b = pos // C`` sees exact keys of blocks ``b-Rb .. b``, one mean slot per block in
+``b-Rb-M .. b-Rb-1`` and one running-mean summary of all older blocks. The state therefore
+holds at most about ``recent_tokens + block_tokens`` exact keys, ``slots`` slots and one summary
+per layer, whatever the history length; a returning user with k new events costs O(k) blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from genrec.data.schema import History
+
+USER, ITEM, ACTION, CONTEXT = 0, 1, 2, 3  # token types, as the encoder embeds them
+
+# feeds (the encoder contract's inputs) -> (new_k (L,G,d), new_v (L,G,d), out (G,d), user (G,d))
+BlockFn = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    n_layers: int
+    d_model: int
+    block_tokens: int  # C
+    recent_blocks: int  # Rb = recent_tokens // C
+    slots: int  # M
+    compression: bool
+
+    @classmethod
+    def of(cls, enc_cfg, compression: bool | None = None) -> Geometry:
+        c = enc_cfg.block_tokens
+        return cls(
+            enc_cfg.n_layers,
+            enc_cfg.d_model,
+            c,
+            max(0, enc_cfg.recent_tokens // c),
+            enc_cfg.slots,
+            enc_cfg.compression if compression is None else compression,
+        )
+
+
+def event_tokens(h: History, first_position: int) -> dict[str, np.ndarray]:
+    """The ITEM/ACTION token pair of each event (no USER / CTX)."""
+    n = 2 * len(h)
+    types = np.empty(n, dtype=np.int64)
+    types[0::2], types[1::2] = ITEM, ACTION
+    item = np.full(n, -1, dtype=np.int64)
+    item[0::2] = h.item
+    action = np.zeros(n, dtype=np.int64)
+    action[1::2] = h.action
+    device = np.zeros(n, dtype=np.int64)
+    device[1::2] = h.device
+    return {
+        "item": item,
+        "action": action,
+        "device": device,
+        "types": types,
+        "time": np.repeat(np.asarray(h.timestamp, dtype=np.float64), 2),
+        "pos": np.arange(first_position, first_position + n, dtype=np.int64),
+    }
+
+
+def _f32(*shape: int) -> np.ndarray:
+    return np.zeros(shape, dtype=np.float32)
+
+
+def _f64(n: int = 0) -> np.ndarray:
+    return np.zeros(n, dtype=np.float64)
+
+
+@dataclass
+class EncoderState:
+    """A user's state after ``n_tokens`` tokens (USER + 2 per event): exact keys, slots, summary."""
+
+    n_tokens: int
+    block: int  # block of the next token
+    ex_k: np.ndarray  # (L, n_ex, d) exact keys
+    ex_v: np.ndarray
+    ex_out: np.ndarray  # (n_ex, d) final outputs (decoder memory)
+    ex_pos: np.ndarray  # (n_ex,) float64
+    ex_time: np.ndarray  # (n_ex,) float64
+    sl_k: np.ndarray  # (L, n_sl, d) block means
+    sl_v: np.ndarray
+    sl_out: np.ndarray
+    sl_pos: np.ndarray
+    sl_time: np.ndarray
+    su_k: np.ndarray  # (L, d) sums of the block means folded into the summary
+    su_v: np.ndarray
+    su_out: np.ndarray  # (d,)
+    su_pos: float = 0.0
+    su_time: float = 0.0
+    su_count: int = 0  # blocks folded into the summary
+
+    @classmethod
+    def empty(cls, g: Geometry) -> EncoderState:
+        L, d = g.n_layers, g.d_model
+        return cls(
+            0,
+            0,
+            _f32(L, 0, d),
+            _f32(L, 0, d),
+            _f32(0, d),
+            _f64(),
+            _f64(),
+            _f32(L, 0, d),
+            _f32(L, 0, d),
+            _f32(0, d),
+            _f64(),
+            _f64(),
+            _f32(L, d),
+            _f32(L, d),
+            _f32(d),
+        )
+
+    def nbytes(self) -> int:
+        arrays = (
+            self.ex_k,
+            self.ex_v,
+            self.ex_out,
+            self.ex_pos,
+            self.ex_time,
+            self.sl_k,
+            self.sl_v,
+            self.sl_out,
+            self.sl_pos,
+            self.sl_time,
+            self.su_k,
+            self.su_v,
+            self.su_out,
+        )
+        return int(sum(a.nbytes for a in arrays))
+
+
+@dataclass(frozen=True)
+class EncodedRequest:
+    memory: np.ndarray  # (M, d) what the decoder cross-attends to
+    memory_logw: np.ndarray  # (M,) log of the tokens each entry stands for
+    user: np.ndarray  # (d,) user vector (ANN query)
+
+
+class IncrementalEncoder:
+    def __init__(self, block: BlockFn, geometry: Geometry) -> None:
+        self.block = block
+        self.g = geometry
+
+    def init_state(self) -> EncoderState:
+        return EncoderState.empty(self.g)
+
+    def advance(self, s: EncoderState, block: int) -> None:
+        """Move the state's view forward to queries in ``block``: exact -> slot -> summary."""
+        c, rb, m = self.g.block_tokens, self.g.recent_blocks, self.g.slots
+        while s.block < block:
+            s.block += 1
+            leaving = s.block - rb - 1  # block that drops out of the exact window
+            if leaving >= 0:
+                sel = (s.ex_pos >= leaving * c) & (s.ex_pos < (leaving + 1) * c)
+                keep = ~sel
+                s.sl_k = np.concatenate([s.sl_k, s.ex_k[:, sel].mean(axis=1, keepdims=True)], axis=1)
+                s.sl_v = np.concatenate([s.sl_v, s.ex_v[:, sel].mean(axis=1, keepdims=True)], axis=1)
+                s.sl_out = np.concatenate([s.sl_out, s.ex_out[sel].mean(axis=0, keepdims=True)])
+                s.sl_pos = np.append(s.sl_pos, s.ex_pos[sel].mean())
+                s.sl_time = np.append(s.sl_time, s.ex_time[sel].mean())
+                s.ex_k, s.ex_v, s.ex_out = s.ex_k[:, keep], s.ex_v[:, keep], s.ex_out[keep]
+                s.ex_pos, s.ex_time = s.ex_pos[keep], s.ex_time[keep]
+            if s.block - rb - m - 1 >= 0 and s.sl_pos.size > 0:  # the oldest slot folds into the summary
+                s.su_k = s.su_k + s.sl_k[:, 0]
+                s.su_v = s.su_v + s.sl_v[:, 0]
+                s.su_out = s.su_out + s.sl_out[0]
+                s.su_pos += float(s.sl_pos[0])
+                s.su_time += float(s.sl_time[0])
+                s.su_count += 1
+                s.sl_k, s.sl_v, s.sl_out = s.sl_k[:, 1:], s.sl_v[:, 1:], s.sl_out[1:]
+                s.sl_pos, s.sl_time = s.sl_pos[1:], s.sl_time[1:]
+
+    def context(self, s: EncoderState) -> dict[str, np.ndarray]:
+        """The cached keys the current block sees, as the encoder graph's ``ctx_*`` inputs."""
+        if not self.g.compression:
+            return {
+                "ctx_k": s.ex_k,
+                "ctx_v": s.ex_v,
+                "ctx_w": np.ones(s.ex_pos.size, np.float32),
+                "ctx_pos": s.ex_pos,
+                "ctx_time": s.ex_time,
+            }
+        n = max(s.su_count, 1)
+        c = float(self.g.block_tokens)
+        return {
+            "ctx_k": np.concatenate([s.su_k[:, None] / n, s.sl_k, s.ex_k], axis=1),
+            "ctx_v": np.concatenate([s.su_v[:, None] / n, s.sl_v, s.ex_v], axis=1),
+            "ctx_w": np.concatenate([[c * s.su_count], np.full(s.sl_pos.size, c), np.ones(s.ex_pos.size)]).astype(np.float32),
+            "ctx_pos": np.concatenate([[s.su_pos / n], s.sl_pos, s.ex_pos]),
+            "ctx_time": np.concatenate([[s.su_time / n], s.sl_time, s.ex_time]),
+        }
+
+    def _run(self, s: EncoderState, tok: dict[str, np.ndarray], segment: int, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {**tok, "segment": np.array([segment], np.int64), **self.context(s)}
+        new_k, new_v, out, user = self.block(feeds)
+        if cache:
+            s.ex_k = np.concatenate([s.ex_k, new_k], axis=1)
+            s.ex_v = np.concatenate([s.ex_v, new_v], axis=1)
+            s.ex_out = np.concatenate([s.ex_out, out])
+            s.ex_pos = np.concatenate([s.ex_pos, tok["pos"].astype(np.float64)])
+            s.ex_time = np.concatenate([s.ex_time, tok["time"]])
+        return out, user
+
+    def extend(self, s: EncoderState, new_events: History, segment: int) -> EncoderState:
+        """Append events to the state in place: one graph call per block touched, O(k) for k events."""
+        if len(new_events):
+            self._extend_tokens(s, new_events, segment, float(new_events.timestamp[0]))
+        return s
+
+    def _extend_tokens(self, s: EncoderState, events: History, segment: int, user_time: float) -> None:
+        ev = event_tokens(events, s.n_tokens)
+        if s.n_tokens == 0:  # the USER token opens every history
+            ev = event_tokens(events, 1)
+            for key, val in (("item", -1), ("action", 0), ("device", 0), ("types", USER), ("time", user_time), ("pos", 0)):
+                ev[key] = np.concatenate([[val], ev[key]]).astype(ev[key].dtype)
+        c = self.g.block_tokens
+        start, total = 0, ev["pos"].size
+        while start < total:
+            end = total
+            if self.g.compression:  # one block at a time: all its queries share one compressed view
+                p0 = int(ev["pos"][start])
+                self.advance(s, p0 // c)
+                end = start + min(total - start, (p0 // c + 1) * c - p0)
+            self._run(s, {k: v[start:end] for k, v in ev.items()}, segment, cache=True)
+            start = end
+        s.n_tokens += total
+        if self.g.compression:
+            self.advance(s, s.n_tokens // c)
+
+    def query(self, s: EncoderState, ctx_device: int, ctx_time: int, segment: int) -> EncodedRequest:
+        """Run the request's CTX token against the state: the decoder memory and the user vector.
+
+        The state is not changed (CTX is per request). An empty state is the cold-start path:
+        USER then CTX, computed on a scratch state.
+        """
+        if s.n_tokens == 0:
+            s = self.init_state()
+            self._extend_tokens(s, History.empty(), segment, float(ctx_time))
+        tok = {
+            "item": np.array([-1], np.int64),
+            "action": np.array([0], np.int64),
+            "device": np.array([ctx_device], np.int64),
+            "types": np.array([CONTEXT], np.int64),
+            "time": np.array([float(ctx_time)], np.float64),
+            "pos": np.array([s.n_tokens], np.int64),
+        }
+        out, user = self._run(s, tok, segment, cache=False)
+        if self.g.compression:
+            c = float(self.g.block_tokens)
+            mem = np.concatenate([s.su_out[None] / max(s.su_count, 1), s.sl_out, s.ex_out, out])
+            w = np.concatenate([[c * s.su_count], np.full(s.sl_pos.size, c), np.ones(s.ex_pos.size + 1)])
+        else:
+            mem = np.concatenate([s.ex_out, out])
+            w = np.ones(mem.shape[0])
+        keep = w > 0
+        return EncodedRequest(np.ascontiguousarray(mem[keep], np.float32), np.log(w[keep]).astype(np.float32), user[0])

@@ -1,0 +1,128 @@
+"""The request path of the Triton ``recommend`` model, runnable without a server.
+
+    validate -> encode (per-user state cache, history compression) -> constrained beam search
+    (KV-cached decoder) -> ANN (Milvus) -> merge to ~1000 -> pre-rank to 100 -> ranker to 10
+
+Every model call goes through a ``Runner`` ``(model, feeds) -> outputs``: in-process
+onnxruntime sessions or Triton BLS requests, chosen by ``ServingConfig.execution``. The stages
+are the same functions the PyTorch reference (``genrec.reference``) uses; only the model calls
+differ, which is what the parity test checks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from genrec.ensemble.beam_search import Generated, beam_search, generated_items
+from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
+from genrec.ensemble.catalogue import Catalogue
+from genrec.ensemble.encoder_cache import EncoderCache
+from genrec.ensemble.encoder_state import EncodedRequest, EncoderState, Geometry, IncrementalEncoder
+from genrec.ensemble.onnx_decoder import OnnxDecoderStep, OnnxUncachedStep, Runner
+from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
+from genrec.ensemble.retrieval import AnnIndex, search_excluding
+
+from genrec.contracts import ENCODER, RANKER
+from genrec.data.schema import History
+from genrec.settings import Config
+
+STAGES = ("encode", "generate", "retrieve", "prerank", "rank")
+
+
+class ServingPipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        catalogue: Catalogue,
+        run: Runner,
+        ann: AnnIndex,
+        encoder_cache: EncoderCache[EncoderState] | None = None,
+        kv_cache: bool = True,
+        compression: bool | None = None,
+    ) -> None:
+        self.cfg, self.cat, self.run, self.ann = cfg, catalogue, run, ann
+        self.encoder_cache = encoder_cache
+        self.kv_cache = kv_cache
+        self.encoder = IncrementalEncoder(self._encoder_block, Geometry.of(cfg.encoder, compression))
+        dc = cfg.decoder
+        self.decoder_shape = (dc.n_layers, dc.n_heads, dc.d_model // dc.n_heads)
+
+    def _encoder_block(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        return tuple(self.run(ENCODER, feeds))
+
+    def validate(self, item, action, timestamp, device, **kw) -> RecommendRequest:
+        c = self.cat
+        return validate_request(
+            item, action, timestamp, device, n_items=c.n_items, n_devices=c.n_devices, n_segments=c.n_segments, cfg=self.cfg.pipeline, **kw
+        )
+
+    # ---- stages -------------------------------------------------------------------------------
+    def encode(self, req: RecommendRequest) -> tuple[EncodedRequest, str]:
+        """Encoder output and the cache outcome ("hit", "miss", "off"). A miss rebuilds the state
+        from the whole history, so hit and miss give the same output."""
+        cache = self.encoder_cache if req.user_id is not None else None
+        state, n_cached = (None, 0) if cache is None else cache.take(req.user_id, req.history)  # type: ignore[arg-type]
+        outcome = "off" if cache is None else ("hit" if state is not None else "miss")
+        state = state or self.encoder.init_state()
+        h = req.history
+        self.encoder.extend(
+            state, History(h.item[n_cached:], h.action[n_cached:], h.timestamp[n_cached:], h.device[n_cached:]), req.segment
+        )
+        out = self.encoder.query(state, req.ctx_device, req.request_time(), req.segment)
+        if cache is not None and len(h):
+            cache.store(req.user_id, h, state)  # type: ignore[arg-type]
+        return out, outcome
+
+    def generate(self, enc: EncodedRequest, req: RecommendRequest) -> tuple[Generated, int]:
+        opts = req.options or validate_options(self.cfg.pipeline)
+        step_cls = OnnxDecoderStep if self.kv_cache else OnnxUncachedStep
+        stepper = step_cls(self.run, enc.memory[None], enc.memory_logw[None], self.cat.codebook_sizes, *self.decoder_shape)
+        excluded = [req.excluded]
+        result = beam_search(stepper, self.cat.trie, opts.beam_widths, 1, excluded)
+        return generated_items(result, self.cat.trie, excluded)[0], result.pruned
+
+    def retrieve(self, user: np.ndarray, req: RecommendRequest) -> np.ndarray:
+        opts = req.options or validate_options(self.cfg.pipeline)
+        if not opts.ann_candidates:
+            return np.zeros(0, dtype=np.int64)
+        return search_excluding(self.ann, user[None], opts.ann_candidates, [req.excluded])[0]
+
+    def prerank(self, gen: Generated, user: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
+        opts = req.options or validate_options(self.cfg.pipeline)
+        c = self.cat
+        return cascade(gen, user, ann_items, req, opts, c.item_vectors, c.items, c.prerank_weight, c.popular)
+
+    def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
+        (score,) = self.run(RANKER, {"features": np.ascontiguousarray(trace.features, dtype=np.float32)})
+        scores = score.reshape(-1)
+        best = top_k(scores, k)
+        return trace.candidates.items[trace.kept[best]], scores[best].astype(np.float32)
+
+    # ---- the whole request --------------------------------------------------------------------
+    def recommend(self, req: RecommendRequest) -> Recommendation:
+        opts = req.options or validate_options(self.cfg.pipeline)
+        t = [time.perf_counter()]
+        enc, outcome = self.encode(req)
+        t.append(time.perf_counter())
+        gen, pruned = self.generate(enc, req)
+        t.append(time.perf_counter())
+        ann = self.retrieve(enc.user, req)
+        t.append(time.perf_counter())
+        trace = self.prerank(gen, enc.user, ann, req)
+        t.append(time.perf_counter())
+        items, scores = self.rank(trace, opts.final_k)
+        t.append(time.perf_counter())
+        return Recommendation(
+            items,
+            scores,
+            {
+                "generated": len(gen.items),
+                "candidates": len(trace.candidates),
+                "preranked": len(trace.kept),
+                "returned": len(items),
+                "beams_pruned": pruned,
+            },
+            {s: (t[i + 1] - t[i]) * 1e3 for i, s in enumerate(STAGES)},
+            outcome,
+        )
