@@ -38,7 +38,7 @@ def search_excluding(index: AnnIndex, vectors: np.ndarray, k: int, excluded: lis
     ids, _ = index.search(vectors, k + extra)
     out = []
     for r in range(ids.shape[0]):
-        row = ids[r]
+        row = ids[r][ids[r] >= 0]  # an index may pad short result rows with -1
         if excluded[r] is not None and len(excluded[r]):
             row = row[~np.isin(row, excluded[r])]
         out.append(row[:k])

@@ -10,7 +10,8 @@ WARMUP_DIM = 2
 
 def _tensor(t) -> str:
     dims = ", ".join(str(d) for d in t.dims)
-    return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.dtype}\n    dims: [ {dims} ]\n  }}'
+    optional = "\n    optional: true" if t.optional else ""
+    return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.dtype}\n    dims: [ {dims} ]{optional}\n  }}'
 
 
 def _warmup(c: ModelContract) -> str:
@@ -28,7 +29,7 @@ def _warmup(c: ModelContract) -> str:
     return f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: {batch}\n' + "\n".join(inputs) + "\n  }\n]"
 
 
-def render(c: ModelContract, platform: str = "onnxruntime_onnx", instances: int = 1, versions_kept: int = 2) -> str:
+def render(c: ModelContract, platform: str = "onnxruntime_onnx") -> str:
     lines = [
         f"# Generated from genrec.contracts ({c.name}) by genrec.exporters.pbtxt: do not edit by hand.",
         f"# {c.doc}",
@@ -38,21 +39,24 @@ def render(c: ModelContract, platform: str = "onnxruntime_onnx", instances: int 
     for t in (*c.inputs, *c.outputs):
         if t.doc:
             lines.append(f"# {t.name}: {t.doc}")
+    for name, doc in c.parameters.items():
+        lines.append(f"# request parameter {name}: {doc}")
     lines += [
         f'name: "{c.name}"',
-        f'platform: "{platform}"',
+        f'backend: "{c.backend}"' if c.backend else f'platform: "{platform}"',
         f"max_batch_size: {c.max_batch_size}",
         "input [\n" + ",\n".join(_tensor(t) for t in c.inputs) + "\n]",
         "output [\n" + ",\n".join(_tensor(t) for t in c.outputs) + "\n]",
         # the newest versions_kept versions are loaded, so the previous one still answers a
         # request that names it while the new one takes the unversioned traffic
-        f"version_policy: {{ latest: {{ num_versions: {versions_kept} }} }}",
-        f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]",
+        f"version_policy: {{ latest: {{ num_versions: {c.versions_kept} }} }}",
+        f"instance_group [ {{ count: {c.instances}, kind: KIND_CPU }} ]",
     ]
     if c.max_batch_size:
         sizes = ", ".join(str(s) for s in c.preferred_batch_sizes)
         lines.append(
             f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n  max_queue_delay_microseconds: {c.max_queue_delay_us}\n}}"
         )
-    lines.append(_warmup(c))
+    if not c.backend:  # a Python model that calls others must not warm up before they load
+        lines.append(_warmup(c))
     return "\n".join(lines) + "\n"

@@ -122,6 +122,66 @@ def publish_file(repository: Path, c: ModelContract, onnx_file: Path, manifest: 
     return Published(c.name, n, model_dir / str(n))
 
 
+RECOMMEND_SOURCE = Path(__file__).resolve().parent.parent / "ensemble" / "triton_models" / "recommend" / "model.py"
+
+
+def publish_recommend(repository: Path, bundle, pinned: dict[str, int], manifest: dict, triton_url: str | None = None) -> Published:
+    """Publish ``recommend``: the adapter, the run's catalogue and the graph versions it pins.
+
+    Before it is moved into place, the staged version serves one request in process (the pinned
+    graphs in onnxruntime, exact ANN) and must return a full top-k; otherwise nothing changes.
+    """
+    from genrec.ensemble.catalogue import Catalogue
+    from genrec.ensemble.serving_setup import build_pipeline, load_setup, write_serving_file
+
+    from genrec.contracts import recommend_contract
+
+    repository = Path(repository)
+    c = recommend_contract(bundle.cfg)
+    check_config(repository / c.name, c)
+    staging = _side_dir(repository, "staging") / f"{c.name}-{os.getpid()}-{time.monotonic_ns()}"
+    staging.mkdir()
+    try:
+        shutil.copy2(RECOMMEND_SOURCE, staging / "model.py")
+        Catalogue.from_bundle(bundle).save(staging)
+        write_serving_file(staging, bundle.cfg, pinned, str(bundle.path))
+        setup = load_setup(
+            staging, environ={"GENREC_SERVING__ANN": "exact", "GENREC_SERVING__EXECUTION": "in_process"}, repository=repository
+        )
+        pipe = build_pipeline(setup)
+        h = bundle.items.category[:0]  # an empty history is valid for every catalogue (cold start)
+        rec = pipe.recommend(pipe.validate(h, h, h.astype(float), h, ctx_time=1_700_000_000))
+        if len(rec.items) != bundle.cfg.pipeline.final_k:
+            raise PublishError(f"recommend: the staged version returned {len(rec.items)} items, expected {bundle.cfg.pipeline.final_k}")
+    except PublishError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PublishError(f"recommend: the staged version failed its smoke request: {e}") from e
+    write_json(staging / "manifest.json", {**manifest, "model": c.name, "pinned_versions": pinned, "created": now_iso()})
+    model_dir = repository / c.name
+    while True:
+        n = 1 + max(version_numbers(model_dir) or [0])
+        try:
+            os.rename(staging, model_dir / str(n))
+            break
+        except OSError:
+            if not (model_dir / str(n)).exists():
+                raise
+    if triton_url:
+        try:
+            load(triton_url, c.name)
+        except PublishError:
+            retire(repository, c.name, n)
+            try:
+                load(triton_url, c.name)
+            except PublishError:
+                pass
+            raise
+    return Published(c.name, n, model_dir / str(n))
+
+
 def retire(repository: Path, model: str, version: int) -> Path:
     dst = _side_dir(repository, "retired") / model / f"{version}-{time.strftime('%Y%m%dT%H%M%S')}"
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +298,8 @@ def publish_run(
     from genrec.bundle import load_bundle
 
     run = Path(run).resolve()
-    cfg = load_bundle(run).cfg
+    bundle = load_bundle(run)
+    cfg = bundle.cfg
     contracts = {c.name: c for c in all_contracts(cfg)}
     staging = _side_dir(Path(repository), "staging") / f"export-{os.getpid()}"
     try:
@@ -270,15 +331,25 @@ def publish_run(
             }
             out.append(publish_file(Path(repository), contracts[name], path, manifest, triton_url))
             progress(f"[publish] {name} -> version {out[-1].version} (max abs err {parity['max_abs_err']:.2e})")
+        # last: the new recommend version switches traffic to the new graphs and catalogue together
+        pinned = {p.model: p.version for p in out}
+        out.append(
+            publish_recommend(
+                Path(repository), bundle, pinned, {"source_run": str(run), "source_config": cfg.name, "versions": versions()}, triton_url
+            )
+        )
+        progress(f"[publish] recommend -> version {out[-1].version} (pins {pinned})")
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_configs(repository: Path, config_name: str) -> None:
+    from genrec.contracts import recommend_contract
     from genrec.settings import named_config
 
-    for c in all_contracts(named_config(config_name)):
+    cfg = named_config(config_name)
+    for c in [*all_contracts(cfg), recommend_contract(cfg)]:
         (Path(repository) / c.name).mkdir(parents=True, exist_ok=True)
         (Path(repository) / c.name / "config.pbtxt").write_text(render(c))
 

@@ -16,18 +16,21 @@ ENCODER = "ugt_encoder"
 DECODER_CROSS_KV = "decoder_cross_kv"
 DECODER_STEP = "decoder_step"
 RANKER = "ranker"
+RECOMMEND = "recommend"
+RECOMMEND_INSTANCES = 1  # see README "Where a user's encoder state lives" for the measured choice
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # Triton type name without the TYPE_ prefix: INT64, FP32, FP64
+    dtype: str  # Triton type name without the TYPE_ prefix: INT64, FP32, FP64, STRING
     dims: tuple[int, ...]
     doc: str = ""
+    optional: bool = False
 
     @property
     def numpy_dtype(self) -> str:
-        return {"INT64": "int64", "FP32": "float32", "FP64": "float64"}[self.dtype]
+        return {"INT64": "int64", "FP32": "float32", "FP64": "float64", "STRING": "object"}[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class ModelContract:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     doc: str = ""
+    backend: str = ""  # "" = an ONNX graph (platform onnxruntime_onnx); "python" = a Python-backend model
+    parameters: dict[str, str] = field(default_factory=dict)  # documented request parameters -> doc
+    instances: int = 1
+    versions_kept: int = 2  # the previous version keeps answering requests that name it
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
@@ -132,5 +139,43 @@ def ranker_contract(cfg: Config) -> ModelContract:
     )
 
 
+def recommend_contract(cfg: Config) -> ModelContract:
+    p = cfg.pipeline
+    hist = lambda name, dtype, doc: TensorSpec(name, dtype, (-1,), doc)  # noqa: E731
+    return ModelContract(
+        RECOMMEND,
+        inputs=(
+            hist("history_items", "INT64", "item ids, oldest first; empty = cold start"),
+            hist("history_actions", "INT64", "action per event: 0 view, 1 click, 2 like, 3 purchase"),
+            hist("history_timestamps", "FP64", "unix seconds per event, non-decreasing (FP64 so NaN is caught, not cast)"),
+            hist("history_devices", "INT64", "device per event"),
+            TensorSpec("user_id", "STRING", (1,), "key of the per-user encoder cache; absent = no caching", optional=True),
+            TensorSpec("segment", "INT64", (1,), "user segment (default 0)", optional=True),
+            TensorSpec("ctx_device", "INT64", (1,), "device of this request (default 0)", optional=True),
+            TensorSpec("request_time", "FP64", (1,), "unix seconds of this request (default: last event + 60 s)", optional=True),
+            TensorSpec(
+                "excluded_items", "INT64", (-1,), "items never to return (seen or blocked); masked inside beam search", optional=True
+            ),
+        ),
+        outputs=(
+            TensorSpec("items", "INT64", (-1,), "recommended item ids, best first (top_k of them)"),
+            TensorSpec("scores", "FP32", (-1,), "ranker score of each item"),
+        ),
+        caps={"history events": p.max_history_events, "excluded_items": p.max_excluded_items, "top_k": p.prerank_keep},
+        backend="python",
+        versions_kept=1,  # a recommend version pins its graph versions; only the newest set serves
+        instances=RECOMMEND_INSTANCES,
+        parameters={
+            "beam_width": f"int or 'w0,w1,w2' per semantic-ID level (default {','.join(map(str, p.beam_widths))}, cap {p.max_beam_width})",
+            "ann_candidates": f"Milvus neighbours merged with the beams (default {p.ann_candidates}, cap max_candidates)",
+            "max_candidates": f"candidates before pre-rank (default and cap {p.max_candidates}, at least {p.prerank_keep})",
+            "top_k": f"items returned (default {p.final_k}, cap {p.prerank_keep})",
+            "excluded_items": "comma-separated item ids, added to the excluded_items input",
+        },
+        doc="The whole request: encoder (cached per user) -> constrained beam search -> Milvus ANN -> pre-rank -> ranker.",
+    )
+
+
 def all_contracts(cfg: Config) -> list[ModelContract]:
+    """The ONNX graphs (published from a trained run); ``recommend`` pins one version of each."""
     return [encoder_contract(cfg), decoder_cross_kv_contract(cfg), decoder_step_contract(cfg), ranker_contract(cfg)]

@@ -1,0 +1,107 @@
+"""Triton Python model ``recommend``: tensors in, tensors out, around ``ServingPipeline``.
+
+The logic lives in ``genrec.ensemble`` (serving_pipeline, serving_setup, serving_metrics); this
+file only converts tensors and request parameters, maps typed errors to INVALID_ARG, and makes
+the BLS runner (used when ``GENREC_SERVING__EXECUTION=bls``). ``genrec-publish`` copies it into
+every ``recommend`` version with that version's catalogue and pinned graph versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# The pip runtime's stub embeds the system libpython in isolated mode and ignores PYTHONPATH.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+from genrec.ensemble.serving_metrics import COUNTER, GAUGE, HISTOGRAM, ServingMetrics  # noqa: E402
+from genrec.ensemble.serving_setup import build_pipeline, load_setup  # noqa: E402
+
+from genrec.errors import GenrecError  # noqa: E402
+
+PARAMETERS = {"beam_width": "beam_widths", "ann_candidates": "ann_candidates", "max_candidates": "max_candidates", "top_k": "final_k"}
+
+
+def _input(request, name: str):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.setup = load_setup(version_dir)
+        outputs = self.setup.outputs()
+        pinned = self.setup.pinned
+
+        def bls(model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            req = pb_utils.InferenceRequest(
+                model_name=model,
+                model_version=pinned[model],
+                requested_output_names=outputs[model],
+                inputs=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in feeds.items()],
+            )
+            resp = req.exec()
+            if resp.has_error():
+                raise RuntimeError(f"{model} v{pinned[model]}: {resp.error().message()}")
+            return [pb_utils.get_output_tensor_by_name(resp, n).as_numpy() for n in outputs[model]]
+
+        instance = args.get("model_instance_name", "0").replace("/", "_")
+        self.pipeline = build_pipeline(self.setup, bls, instance)
+        # pb_utils.MetricFamily exists only once the model runs (not during config auto-complete)
+        kinds = {COUNTER: pb_utils.MetricFamily.COUNTER, GAUGE: pb_utils.MetricFamily.GAUGE, HISTOGRAM: pb_utils.MetricFamily.HISTOGRAM}
+        self.metrics = ServingMetrics(
+            lambda s: pb_utils.MetricFamily(name=s.name, description=s.doc, kind=kinds[s.kind]),
+            {"model_version": args["model_version"]},
+        )
+
+    def execute(self, requests: list) -> list:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        try:
+            params = json.loads(request.parameters() or "{}")
+            options = {PARAMETERS[k]: v for k, v in params.items() if k in PARAMETERS}
+            excluded = _input(request, "excluded_items")
+            if "excluded_items" in params:
+                extra = [int(x) for x in str(params["excluded_items"]).split(",") if x.strip()] if params["excluded_items"] != "" else []
+                excluded = np.concatenate([np.zeros(0, np.int64) if excluded is None else excluded, np.asarray(extra, np.int64)])
+            user = _input(request, "user_id")
+            scalars = {n: _input(request, n) for n in ("segment", "ctx_device", "request_time")}
+            req = self.pipeline.validate(
+                _input(request, "history_items"),
+                _input(request, "history_actions"),
+                _input(request, "history_timestamps"),
+                _input(request, "history_devices"),
+                segment=0 if scalars["segment"] is None else scalars["segment"],
+                ctx_device=0 if scalars["ctx_device"] is None else scalars["ctx_device"],
+                ctx_time=scalars["request_time"],
+                user_id=None if user is None else _text(user.reshape(-1)[0]),
+                excluded=excluded,
+                **options,
+            )
+        except (GenrecError, ValueError) as e:  # the caller's mistake: 400 / INVALID_ARGUMENT
+            self.metrics.rejected("invalid_argument")
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+        try:
+            rec = self.pipeline.recommend(req)
+        except Exception as e:  # a failing sub-model: this request fails, the model keeps serving
+            self.metrics.rejected("internal")
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommend failed: {e}", pb_utils.TritonError.INTERNAL))
+        cache = self.pipeline.encoder_cache
+        self.metrics.record(rec, None if cache is None else cache.stats)
+        return pb_utils.InferenceResponse(
+            [pb_utils.Tensor("items", rec.items.astype(np.int64)), pb_utils.Tensor("scores", rec.scores.astype(np.float32))]
+        )
+
+    def finalize(self) -> None:
+        close = getattr(self.pipeline.ann, "close", None)
+        if close:
+            close()
+
+
+def _text(v) -> str:
+    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
