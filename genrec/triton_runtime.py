@@ -55,15 +55,22 @@ def build_backend_dir(target: Path) -> Path:
     py = target / "python"
     py.mkdir(parents=True, exist_ok=True)
     for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy2(root / "backends" / "python" / f, py / f)
+        _install(root / "backends" / "python" / f, py / f)
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
-    shutil.copy2(stub, py / "triton_python_backend_stub")
+    _install(stub, py / "triton_python_backend_stub")
     for src in BACKEND_SOURCES.iterdir():
         if (src / "model.py").exists():
             dst = target / src.name
             dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / "model.py", dst / "model.py")
+            _install(src / "model.py", dst / "model.py")
     return target
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Copy beside and rename over: a server that is running the old file keeps its inode."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def server_env(pip_runtime: bool) -> dict[str, str]:
@@ -88,12 +95,14 @@ class TritonServer:
         model_control_mode: str = "explicit",
         log: Path | None = None,
         backend_dir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.mode = model_control_mode
         self.log = log
         self.backend_dir = backend_dir
+        self.extra_env = dict(env or {})  # e.g. GENREC_SERVING__* for the recommend model
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -124,7 +133,7 @@ class TritonServer:
         if pip_runtime:
             backends = build_backend_dir(self.backend_dir or REPO_ROOT / "build" / "triton_backends")
             cmd.append(f"--backend-directory={backends}")
-        return cmd, server_env(pip_runtime)
+        return cmd, {**server_env(pip_runtime), **self.extra_env}
 
     def start(self, timeout: float = 180.0) -> TritonServer:
         cmd, env = self.command()
