@@ -22,6 +22,7 @@ import numpy as np
 from genrec.data.schema import History
 
 USER, ITEM, ACTION, CONTEXT = 0, 1, 2, 3  # token types, as the encoder embeds them
+UNCOMPRESSED_CHUNK = 256  # tokens per graph call when compression is off
 
 # feeds (the encoder contract's inputs) -> (new_k (L,G,d), new_v (L,G,d), out (G,d), user (G,d))
 BlockFn = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -228,11 +229,12 @@ class IncrementalEncoder:
         c = self.g.block_tokens
         start, total = 0, ev["pos"].size
         while start < total:
-            end = total
             if self.g.compression:  # one block at a time: all its queries share one compressed view
                 p0 = int(ev["pos"][start])
                 self.advance(s, p0 // c)
                 end = start + min(total - start, (p0 // c + 1) * c - p0)
+            else:  # exact attention is causal: chunks only bound the graph's (G x context) matrices
+                end = min(total, start + UNCOMPRESSED_CHUNK)
             self._run(s, {k: v[start:end] for k, v in ev.items()}, segment, cache=True)
             start = end
         s.n_tokens += total

@@ -71,3 +71,15 @@ def test_ranker_features_must_be_finite_and_shaped():
         check_features(bad)
     with pytest.raises(InvalidValueError, match="shape"):
         check_features(np.zeros((3, 13), np.float32))
+
+
+def test_options_arrive_as_request_parameter_strings():
+    from genrec.ensemble.request_validation import validate_options
+
+    cfg = PipelineConfig()
+    o = validate_options(cfg, beam_widths="8,16,64", ann_candidates="100", final_k="5")
+    assert o.beam_widths == (8, 16, 64) and o.ann_candidates == 100 and o.final_k == 5
+    assert validate_options(cfg, beam_widths=4).beam_widths == (4, 4, 4)
+    for bad in ({"beam_widths": "x"}, {"beam_widths": "1,2"}, {"beam_widths": 0}, {"max_candidates": 10}, {"ann_candidates": -1}):
+        with pytest.raises(InvalidValueError):
+            validate_options(cfg, **bad)

@@ -1,0 +1,72 @@
+"""The recommend model's metric definitions and how a request is recorded (fake families)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from genrec.ensemble.encoder_cache import CacheStats
+from genrec.ensemble.request_validation import Recommendation
+from genrec.ensemble.serving_metrics import ALL, COUNTER, HISTOGRAM, ServingMetrics
+from genrec.ensemble.serving_pipeline import STAGES
+
+
+class FakeMetric:
+    def __init__(self, labels, buckets=None):
+        self.labels, self.buckets, self.values = labels, buckets, []
+
+    def observe(self, v):
+        self.values.append(("observe", v))
+
+    def increment(self, v):
+        self.values.append(("increment", v))
+
+    def set(self, v):
+        self.values.append(("set", v))
+
+
+class FakeFamily:
+    def __init__(self, spec):
+        self.spec, self.metrics = spec, []
+
+    def Metric(self, labels, buckets=None):  # noqa: N802 (pb_utils' name)
+        m = FakeMetric(labels, buckets)
+        self.metrics.append(m)
+        return m
+
+
+def test_names_follow_prometheus_conventions():
+    for s in ALL:
+        assert re.fullmatch(r"genrec_[a-z_]+", s.name), s.name
+        assert s.name.endswith("_total") == (s.kind == COUNTER), s.name
+        if s.kind == HISTOGRAM:
+            assert list(s.buckets) == sorted(s.buckets) and s.buckets
+        if "duration" in s.name:
+            assert s.name.endswith("_seconds")
+
+
+def _rec(pruned: int) -> Recommendation:
+    counts = {"generated": 500, "candidates": 900, "preranked": 100, "returned": 10, "beams_pruned": pruned}
+    return Recommendation(np.arange(10), np.zeros(10, np.float32), counts, dict.fromkeys(STAGES, 2.0), "hit")
+
+
+def test_cache_counters_increase_by_the_delta_and_stages_are_observed_in_seconds():
+    fams: dict[str, FakeFamily] = {}
+
+    def make(spec):
+        fams[spec.name] = FakeFamily(spec)
+        return fams[spec.name]
+
+    m = ServingMetrics(make, {"model_version": "3"})
+    m.record(_rec(7), CacheStats(hits=2, misses=1, evictions=0, bytes=1000, entries=3))
+    m.record(_rec(5), CacheStats(hits=5, misses=1, evictions=1, bytes=900, entries=3))
+    hits = fams["genrec_encoder_cache_hits_total"].metrics[0]
+    assert hits.values == [("increment", 2.0), ("increment", 3.0)]
+    assert fams["genrec_encoder_cache_misses_total"].metrics[0].values == [("increment", 1.0)]
+    assert fams["genrec_encoder_cache_bytes"].metrics[0].values[-1] == ("set", 900.0)
+    assert fams["genrec_beams_pruned_total"].metrics[0].values == [("increment", 7.0), ("increment", 5.0)]
+    stages = fams["genrec_recommend_stage_duration_seconds"].metrics
+    assert {x.labels["stage"] for x in stages} == set(STAGES)
+    assert all(x.labels["model_version"] == "3" and x.values[0] == ("observe", 0.002) for x in stages)
+    m.rejected("invalid_argument")
+    assert fams["genrec_recommend_rejected_total"].metrics[0].labels["reason"] == "invalid_argument"
