@@ -5,13 +5,16 @@ from pathlib import Path
 import pytest
 from genrec.exporters.pbtxt import render
 
-from genrec.contracts import all_contracts
+from genrec.contracts import all_contracts, recommend_contract
 from genrec.settings import named_config
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 
 
-@pytest.mark.parametrize("contract", all_contracts(named_config("small", environ={})), ids=lambda c: c.name)
+SMALL = named_config("small", environ={})
+
+
+@pytest.mark.parametrize("contract", [*all_contracts(SMALL), recommend_contract(SMALL)], ids=lambda c: c.name)
 def test_committed_configs_match_the_contracts(contract):
     assert (REPO / contract.name / "config.pbtxt").read_text() == render(contract), "run: genrec-publish --write-configs small"
 
@@ -25,3 +28,15 @@ def test_rendered_config_carries_triton_features():
         if c.max_batch_size:
             assert "dynamic_batching" in text and "max_queue_delay_microseconds" in text
         assert "# cap:" in text or not c.caps
+
+
+def test_recommend_config_is_a_python_model_with_optional_inputs_and_documented_parameters():
+    c = recommend_contract(named_config("tiny", environ={}))
+    text = render(c)
+    assert 'backend: "python"' in text and "model_warmup" not in text  # no warmup before the graphs load
+    for t in c.inputs:
+        block = text[text.index(f'name: "{t.name}"') :].split("}", 1)[0]
+        assert ("optional: true" in block) == t.optional
+    for name in ("beam_width", "ann_candidates", "max_candidates", "top_k", "excluded_items"):
+        assert f"# request parameter {name}:" in text
+    assert "num_versions: 1" in text
