@@ -20,10 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
-from genrec.bundle import load_bundle
-from genrec.data.synthetic import generate
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_sessions import OnnxSessionRunner
@@ -31,6 +27,10 @@ from genrec.ensemble.request_validation import RecommendRequest
 from genrec.ensemble.retrieval import ExactIndex
 from genrec.ensemble.serving_pipeline import ServingPipeline
 from genrec.ensemble.serving_setup import load_setup
+
+from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
+from genrec.bundle import load_bundle
+from genrec.data.synthetic import generate
 from genrec.heldout import history_slice
 
 
@@ -65,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             s, e = int(offsets[u]), int(offsets[u + 1])
             if e - s < length + 1:
                 continue
-            users.append((history_slice(ds, s, s + length), int(ds.events.item[s + length]), int(ds.events.timestamp[s + length]), int(ds.users.segment[u]), int(ds.events.device[s + length])))
+            users.append(
+                (
+                    history_slice(ds, s, s + length),
+                    int(ds.events.item[s + length]),
+                    int(ds.events.timestamp[s + length]),
+                    int(ds.users.segment[u]),
+                    int(ds.events.device[s + length]),
+                )
+            )
         for compression in (True, False):
             pipe = ServingPipeline(b.cfg, cat, runner, ExactIndex(cat.item_vectors), EncoderCache(2**34), compression=compression)
             cold, warm, hits, mem = [], [], 0, []
@@ -105,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         return next(r for r in rows if r["history_length"] == length and r["compression"] == comp)
 
     lo, hi = min(a.lengths), max(a.lengths)
-    ratios = {f"returning_{hi}_over_{lo}_{'on' if c else 'off'}": pick(hi, c)["returning_p50_ms"] / pick(lo, c)["returning_p50_ms"] for c in (True, False)}
+    ratios = {
+        f"returning_{hi}_over_{lo}_{'on' if c else 'off'}": pick(hi, c)["returning_p50_ms"] / pick(lo, c)["returning_p50_ms"]
+        for c in (True, False)
+    }
     result = {
         "machine": machine(),
         "versions": versions(),

@@ -20,7 +20,6 @@ and recommend_latency.png.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import socket
@@ -32,10 +31,10 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from genrec.client.recommend_client import RecommendClient
 
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle
-from genrec.client.recommend_client import RecommendClient
 from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
@@ -52,7 +51,12 @@ def free_port() -> int:
 
 def percentiles(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "p999_ms": float(np.percentile(a, 99.9)), "mean_ms": float(a.mean())}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "p999_ms": float(np.percentile(a, 99.9)),
+        "mean_ms": float(a.mean()),
+    }
 
 
 class Workload:
@@ -64,8 +68,15 @@ class Workload:
         h = r.history
         n = len(h) - cut
         return client.recommend(
-            h.item[:n], h.action[:n], h.timestamp[:n], h.device[:n], user_id=f"bench-{u}", segment=r.segment, ctx_device=r.ctx_device,
-            request_time=float(h.timestamp[n - 1] + 60) if n else r.ctx_time, **kw,
+            h.item[:n],
+            h.action[:n],
+            h.timestamp[:n],
+            h.device[:n],
+            user_id=f"bench-{u}",
+            segment=r.segment,
+            ctx_device=r.ctx_device,
+            request_time=float(h.timestamp[n - 1] + 60) if n else r.ctx_time,
+            **kw,
         )
 
 
@@ -169,11 +180,21 @@ def main(argv: list[str] | None = None) -> int:
                 lat, wall, items = run_visits(srv, work, [(u, cut) for u in range(n)], c)
                 after = scrape(srv)
                 hits = metric_total(after, "genrec_encoder_cache_hits_total") - metric_total(before, "genrec_encoder_cache_hits_total")
-                row = {"concurrency": c, **percentiles(lat), "throughput_rps": n / wall, "requests": n, "cache_hit_rate": hits / n, "stages_ms": stage_means(before, after)}
+                row = {
+                    "concurrency": c,
+                    **percentiles(lat),
+                    "throughput_rps": n / wall,
+                    "requests": n,
+                    "cache_hit_rate": hits / n,
+                    "stages_ms": stage_means(before, after),
+                }
                 levels.append(row)
                 if first_returning is None:
                     first_returning = (cut, items)
-                print(f"[bench] returning c={c}: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} p99.9 {row['p999_ms']:.1f} ms, {row['throughput_rps']:.1f} rps, hit rate {row['cache_hit_rate']:.2f}", flush=True)
+                print(
+                    f"[bench] returning c={c}: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} p99.9 {row['p999_ms']:.1f} ms, {row['throughput_rps']:.1f} rps, hit rate {row['cache_hit_rate']:.2f}",
+                    flush=True,
+                )
         finally:
             srv.stop()
         results["levels"] = levels
@@ -189,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
                     lat, wall, items = run_visits(srv, work, [(u, cut0) for u in range(k)], 1)
                     after = scrape(srv)
                     same = float(np.mean([np.array_equal(items[(u, cut0)], items_on[(u, cut0)]) for u in range(k)]))
-                    results[name] = {**percentiles(lat), "throughput_rps": k / wall, "requests": k, "same_top10_as_default": same, "stages_ms": stage_means(before, after)}
+                    results[name] = {
+                        **percentiles(lat),
+                        "throughput_rps": k / wall,
+                        "requests": k,
+                        "same_top10_as_default": same,
+                        "stages_ms": stage_means(before, after),
+                    }
                     print(f"[bench] {name} c=1: p50 {results[name]['p50_ms']:.1f} ms, same top 10 {same:.3f}", flush=True)
                 finally:
                     srv.stop()
@@ -235,7 +262,9 @@ def write_outputs(out: Path, meta: dict, r: dict, cfg) -> None:
             },
         )
     if "bls" in r:
-        write_json(out / "bls_cost.json", {**meta, "in_process": {k: c1[k] for k in ("p50_ms", "p99_ms", "mean_ms", "stages_ms")}, "bls": r["bls"]})
+        write_json(
+            out / "bls_cost.json", {**meta, "in_process": {k: c1[k] for k in ("p50_ms", "p99_ms", "mean_ms", "stages_ms")}, "bls": r["bls"]}
+        )
     plot(out / "recommend_latency.png", r)
     print(f"[bench] wrote {out}/recommend_latency.json (+ encoder_cache, kv_cache, bls_cost, png)")
 
