@@ -101,6 +101,13 @@ def publish_file(repository: Path, c: ModelContract, onnx_file: Path, manifest: 
     write_json(
         staging / "manifest.json", {**manifest, "model": c.name, "onnx_sha256": sha256(staging / "model.onnx"), "created": now_iso()}
     )
+    return install_version(repository, c.name, staging, triton_url)
+
+
+def install_version(repository: Path, model: str, staging: Path, triton_url: str | None) -> Published:
+    """Rename a checked staging folder into the model's next free version; load it if a server is
+    given, and retire it again if Triton cannot load it (the previous version keeps serving)."""
+    model_dir = Path(repository) / model
     while True:
         n = 1 + max(version_numbers(model_dir) or [0])
         try:
@@ -111,15 +118,15 @@ def publish_file(repository: Path, c: ModelContract, onnx_file: Path, manifest: 
                 raise
     if triton_url:
         try:
-            load(triton_url, c.name)
+            load(triton_url, model)
         except PublishError:
-            retire(repository, c.name, n)
+            retire(repository, model, n)
             try:
-                load(triton_url, c.name)
+                load(triton_url, model)
             except PublishError:
                 pass
             raise
-    return Published(c.name, n, model_dir / str(n))
+    return Published(model, n, model_dir / str(n))
 
 
 RECOMMEND_SOURCE = Path(__file__).resolve().parent.parent / "ensemble" / "triton_models" / "recommend" / "model.py"
@@ -160,26 +167,7 @@ def publish_recommend(repository: Path, bundle, pinned: dict[str, int], manifest
         shutil.rmtree(staging, ignore_errors=True)
         raise PublishError(f"recommend: the staged version failed its smoke request: {e}") from e
     write_json(staging / "manifest.json", {**manifest, "model": c.name, "pinned_versions": pinned, "created": now_iso()})
-    model_dir = repository / c.name
-    while True:
-        n = 1 + max(version_numbers(model_dir) or [0])
-        try:
-            os.rename(staging, model_dir / str(n))
-            break
-        except OSError:
-            if not (model_dir / str(n)).exists():
-                raise
-    if triton_url:
-        try:
-            load(triton_url, c.name)
-        except PublishError:
-            retire(repository, c.name, n)
-            try:
-                load(triton_url, c.name)
-            except PublishError:
-                pass
-            raise
-    return Published(c.name, n, model_dir / str(n))
+    return install_version(repository, c.name, staging, triton_url)
 
 
 def retire(repository: Path, model: str, version: int) -> Path:
