@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import sys
 
-# The pip runtime's stub embeds the system libpython in isolated mode and ignores PYTHONPATH.
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+# The pip runtime's stub embeds the system libpython in isolated mode: it ignores PYTHONPATH and
+# .pth files. Put the virtualenv first, then run its .pth files (the editable install's import
+# hook maps genrec.ensemble to ensemble/).
+_PATHS = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+sys.path[:0] = _PATHS
+for _p in _PATHS:
+    site.addsitedir(_p)
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
