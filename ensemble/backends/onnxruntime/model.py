@@ -14,7 +14,6 @@ import os
 import site
 import sys
 
-# The wheel's Python stub embeds the system libpython in isolated mode: it ignores PYTHONPATH, so
 # The pip runtime's stub embeds the system libpython in isolated mode: it ignores PYTHONPATH and
 # .pth files. Put the virtualenv first, then run its .pth files (the editable install's import
 # hook maps genrec.ensemble to ensemble/).
