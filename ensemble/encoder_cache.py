@@ -48,6 +48,7 @@ class CacheStats:
     evictions: int = 0
     bytes: int = 0
     entries: int = 0
+    errors: int = 0  # store unreachable (out-of-process stores): served as a miss
 
 
 class EncoderCache(Generic[S]):

@@ -14,8 +14,10 @@ per layer, whatever the history length; a returning user with k new events costs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -123,23 +125,47 @@ class EncoderState:
             _f32(d),
         )
 
+    _ARRAYS: ClassVar[tuple[str, ...]] = (
+        "ex_k",
+        "ex_v",
+        "ex_out",
+        "ex_pos",
+        "ex_time",
+        "sl_k",
+        "sl_v",
+        "sl_out",
+        "sl_pos",
+        "sl_time",
+        "su_k",
+        "su_v",
+        "su_out",
+    )
+
+    def to_bytes(self) -> bytes:
+        """Serialised for an out-of-process store (Redis): the arrays' raw bytes behind a JSON header."""
+        arrays = [np.ascontiguousarray(getattr(self, n)) for n in self._ARRAYS]
+        header = {
+            "scalars": [int(self.n_tokens), int(self.block), float(self.su_pos), float(self.su_time), int(self.su_count)],
+            "arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
+        }
+        h = json.dumps(header).encode()
+        return b"".join([len(h).to_bytes(4, "little"), h, *(a.tobytes() for a in arrays)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EncoderState:
+        n = int.from_bytes(data[:4], "little")
+        header = json.loads(data[4 : 4 + n])
+        offset, values = 4 + n, {}
+        for name, (dtype, shape) in zip(cls._ARRAYS, header["arrays"]):
+            dt = np.dtype(dtype)
+            size = dt.itemsize * int(np.prod(shape))
+            values[name] = np.frombuffer(data, dt, count=size // dt.itemsize, offset=offset).reshape(shape).copy()
+            offset += size
+        n_tokens, block, su_pos, su_time, su_count = header["scalars"]
+        return cls(n_tokens, block, **values, su_pos=su_pos, su_time=su_time, su_count=su_count)
+
     def nbytes(self) -> int:
-        arrays = (
-            self.ex_k,
-            self.ex_v,
-            self.ex_out,
-            self.ex_pos,
-            self.ex_time,
-            self.sl_k,
-            self.sl_v,
-            self.sl_out,
-            self.sl_pos,
-            self.sl_time,
-            self.su_k,
-            self.su_v,
-            self.su_out,
-        )
-        return int(sum(a.nbytes for a in arrays))
+        return int(sum(getattr(self, n).nbytes for n in self._ARRAYS))
 
 
 @dataclass(frozen=True)

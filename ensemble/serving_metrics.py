@@ -49,6 +49,7 @@ CANDIDATES = MetricSpec(
 CACHE_HITS = MetricSpec("genrec_encoder_cache_hits_total", COUNTER, "Encoder state cache hits (a cached prefix of the history was reused)")
 CACHE_MISSES = MetricSpec("genrec_encoder_cache_misses_total", COUNTER, "Encoder state cache misses (state rebuilt from the whole history)")
 CACHE_EVICTIONS = MetricSpec("genrec_encoder_cache_evictions_total", COUNTER, "Encoder states evicted (LRU, byte cap)")
+CACHE_ERRORS = MetricSpec("genrec_encoder_cache_errors_total", COUNTER, "Out-of-process state store unreachable (served as a miss)")
 CACHE_BYTES = MetricSpec("genrec_encoder_cache_bytes", GAUGE, "Bytes of encoder state held by this model instance")
 CACHE_ENTRIES = MetricSpec("genrec_encoder_cache_entries", GAUGE, "Users whose encoder state this model instance holds")
 BEAMS_PRUNED = MetricSpec("genrec_beams_pruned_total", COUNTER, "Beam continuations masked by the catalogue trie or the excluded items")
@@ -61,6 +62,7 @@ ALL = (
     CACHE_HITS,
     CACHE_MISSES,
     CACHE_EVICTIONS,
+    CACHE_ERRORS,
     CACHE_BYTES,
     CACHE_ENTRIES,
     BEAMS_PRUNED,
@@ -99,12 +101,13 @@ class ServingMetrics:
                 (CACHE_HITS, cache.hits, self._seen.hits),
                 (CACHE_MISSES, cache.misses, self._seen.misses),
                 (CACHE_EVICTIONS, cache.evictions, self._seen.evictions),
+                (CACHE_ERRORS, cache.errors, self._seen.errors),
             ):
                 if now > before:
                     self._metric(spec).increment(float(now - before))
             self._metric(CACHE_BYTES).set(float(cache.bytes))
             self._metric(CACHE_ENTRIES).set(float(cache.entries))
-            self._seen = CacheStats(cache.hits, cache.misses, cache.evictions, cache.bytes, cache.entries)
+            self._seen = CacheStats(cache.hits, cache.misses, cache.evictions, cache.bytes, cache.entries, cache.errors)
 
     def rejected(self, reason: str) -> None:
         self._metric(REJECTED, reason=reason).increment(1.0)

@@ -74,6 +74,17 @@ def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
     return MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=os.environ.get("GENREC_MILVUS_TOKEN", ""))
 
 
+def make_state_store(cfg: Config):
+    s = cfg.serving
+    if s.state_store == "redis":
+        from genrec.ensemble.state_store import RedisEncoderCache
+
+        return RedisEncoderCache(s.redis_url, s.state_ttl_s)
+    if s.state_store != "memory":
+        raise ValueError(f"GENREC_SERVING__STATE_STORE={s.state_store!r}: expected 'memory' or 'redis'")
+    return EncoderCache(s.encoder_cache_bytes) if s.encoder_cache_bytes > 0 else None
+
+
 def build_pipeline(setup: ServingSetup, bls: Runner | None = None, instance: str = "0") -> ServingPipeline:
     """The pipeline for a version: in-process sessions on the pinned graphs, or ``bls`` calls."""
     cfg = setup.cfg
@@ -87,5 +98,5 @@ def build_pipeline(setup: ServingSetup, bls: Runner | None = None, instance: str
         outputs = setup.outputs()
         run = OnnxSessionRunner({m: setup.graph_path(m) for m in outputs}, outputs, cfg.serving.ort_threads)
     catalogue = Catalogue.load(setup.version_dir)
-    cache = EncoderCache(cfg.serving.encoder_cache_bytes) if cfg.serving.encoder_cache_bytes > 0 else None
+    cache = make_state_store(cfg)
     return ServingPipeline(cfg, catalogue, run, make_ann(cfg, catalogue, instance), cache, kv_cache=cfg.serving.kv_cache)

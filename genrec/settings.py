@@ -120,6 +120,11 @@ class ServingConfig:
     ort_threads: int = 1  # intra-op threads per in-process session
     kv_cache: bool = True  # False: the uncached decoder (the benchmark baseline)
     encoder_cache_bytes: int = 256 * 2**20  # per model instance; ~107 KB per user in `small`
+    # where users' encoder states live: "memory" (an LRU per model instance, capped by
+    # encoder_cache_bytes) or "redis" (shared by every instance and server; capped by Redis)
+    state_store: str = "memory"
+    redis_url: str = "redis://localhost:6379/0"
+    state_ttl_s: int = 7 * 86_400
     ann: str = "milvus"  # "milvus" (milvus-lite file, or a server at milvus_uri) or "exact"
     milvus_uri: str = ""  # "" = a milvus-lite file per model instance under state_dir
     milvus_collection: str = "genrec_items"

@@ -7,6 +7,16 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $PY"
   "$PY" -m venv .venv
 fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  # the real Redis (shared encoder states; later the ads frequency caps); tests start their own
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing redis-server with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+  else
+    echo "[setup] redis-server is missing and this is not root with apt: install it (apt-get install redis-server); Redis tests will skip"
+  fi
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[setup] installing requirements.txt"
 .venv/bin/python -m pip install -q -r requirements.txt

@@ -28,3 +28,17 @@ def tiny_bundle(tiny_run: Path):
     from genrec.bundle import load_bundle
 
     return load_bundle(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server for the session (installed by scripts/setup.sh)."""
+    import shutil
+
+    from genrec.redis_runtime import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: scripts/setup.sh installs it with apt when run as root")
+    server = RedisServer(maxmemory="64mb").start()
+    yield server.url
+    server.stop()

@@ -46,3 +46,32 @@ def test_lru_eviction_by_bytes():
     assert cache.take("c", hist(3)) == (None, 0)  # c was least recently used
     cache.store("huge", hist(3), FakeState(10_000))  # larger than the cache: not stored
     assert cache.stats.bytes <= 250
+
+
+def test_encoder_state_survives_serialisation():
+    from genrec.ensemble.encoder_state import EncoderState, Geometry, IncrementalEncoder
+
+    from genrec.data.schema import History
+
+    g = Geometry(n_layers=2, d_model=4, block_tokens=2, recent_blocks=1, slots=2, compression=True)
+    rng = np.random.default_rng(0)
+
+    def block(feeds):
+        n = feeds["item"].size
+        return (
+            rng.normal(size=(2, n, 4)).astype(np.float32),
+            rng.normal(size=(2, n, 4)).astype(np.float32),
+            rng.normal(size=(n, 4)).astype(np.float32),
+            rng.normal(size=(n, 4)).astype(np.float32),
+        )
+
+    enc = IncrementalEncoder(block, g)
+    s = enc.init_state()
+    n = 9
+    enc.extend(s, History(np.arange(n), np.zeros(n, np.int64), 1_700_000_000 + np.arange(n), np.zeros(n, np.int64)), 0)
+    assert s.su_count > 0 and s.sl_pos.size > 0  # every part of the state is populated
+    t = EncoderState.from_bytes(s.to_bytes())
+    for name in EncoderState._ARRAYS:
+        np.testing.assert_array_equal(getattr(t, name), getattr(s, name))
+        assert getattr(t, name).dtype == getattr(s, name).dtype
+    assert (t.n_tokens, t.block, t.su_pos, t.su_time, t.su_count) == (s.n_tokens, s.block, s.su_pos, s.su_time, s.su_count)
