@@ -78,8 +78,14 @@ def server_env(pip_runtime: bool) -> dict[str, str]:
     site = sysconfig.get_paths()["purelib"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site, str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if pip_runtime:
-        libs = Path(site) / "nvidia_pytriton.libs"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        libs = [str(Path(site) / "nvidia_pytriton.libs")]
+        # The stub links libpython3.X.so by soname; let it find the one of the interpreter whose
+        # stdlib it then imports (else, e.g., the system's 3.11.2 lib with pyenv's 3.11.7 stdlib:
+        # `import ssl` fails on a missing symbol).
+        libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+        if libdir and soname and (Path(libdir) / soname).exists():
+            libs.insert(0, libdir)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (*libs, env.get("LD_LIBRARY_PATH", "")) if p)
     return env
 
 

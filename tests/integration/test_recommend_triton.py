@@ -234,3 +234,21 @@ def test_bls_execution_gives_the_same_answers(repository, tmp_path_factory, tiny
             np.testing.assert_allclose(x.scores, y.scores, atol=1e-4)
     finally:
         bls.stop()
+
+
+def test_encoder_states_in_redis_through_triton(repository, tmp_path_factory, heldout, redis_url, server):
+    pytest.importorskip("redis")
+    srv = _serve(repository, tmp_path_factory, GENREC_SERVING__STATE_STORE="redis", GENREC_SERVING__REDIS_URL=redis_url)
+    try:
+        client, plain = RecommendClient(srv.grpc_url), RecommendClient(server.grpc_url)
+        req = heldout[0][7]
+        h = req.history
+        client.recommend(h.item[:-1], h.action[:-1], h.timestamp[:-1], h.device[:-1], user_id="redis-user", request_time=req.ctx_time)
+        warm = client.recommend(h.item, h.action, h.timestamp, h.device, user_id="redis-user", request_time=req.ctx_time)
+        assert _metric(srv, "genrec_encoder_cache_hits_total") == 1 and _metric(srv, "genrec_encoder_cache_errors_total") == 0
+        np.testing.assert_array_equal(warm.items, plain.recommend(h.item, h.action, h.timestamp, h.device, request_time=req.ctx_time).items)
+        import redis
+
+        assert redis.Redis.from_url(redis_url).exists("genrec:encoder-state:redis-user")
+    finally:
+        srv.stop()
