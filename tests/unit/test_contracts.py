@@ -40,3 +40,16 @@ def test_recommend_config_is_a_python_model_with_optional_inputs_and_documented_
     for name in ("beam_width", "ann_candidates", "max_candidates", "top_k", "excluded_items"):
         assert f"# request parameter {name}:" in text
     assert "num_versions: 1" in text
+
+
+def test_publish_accepts_an_operator_chosen_instance_count_but_not_a_changed_tensor(tmp_path):
+    from genrec.exporters.publish import PublishError, check_config
+
+    c = recommend_contract(named_config("tiny", environ={}))
+    (tmp_path / c.name).mkdir()
+    cfg = tmp_path / c.name / "config.pbtxt"
+    cfg.write_text(render(c).replace("instance_group [ { count: 1,", "instance_group [ { count: 2,"))
+    check_config(tmp_path / c.name, c)
+    cfg.write_text(render(c).replace('name: "history_items"', 'name: "items_history"'))
+    with pytest.raises(PublishError):
+        check_config(tmp_path / c.name, c)
