@@ -8,9 +8,12 @@ cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-small}
 HTTP_PORT=${GENREC_TRITON_HTTP_PORT:-8000}
 bash scripts/setup.sh
+# bench/results/ holds the default config's figures; another config's go to build/
+OUT=bench/results
+[ "$CONFIG" = small ] || { OUT=build/results_$CONFIG; mkdir -p "$OUT"; }
 .venv/bin/genrec-train --config "$CONFIG"
-.venv/bin/genrec-evaluate --config "$CONFIG"
-.venv/bin/genrec-model-card
+.venv/bin/genrec-evaluate --config "$CONFIG" --out "$OUT/quality.json"
+.venv/bin/genrec-model-card --out "$OUT/model_card.json"
 RUN=$(.venv/bin/python -c "from genrec.artifacts import latest_run; print(latest_run(name='$CONFIG'))")
 if [ "$CONFIG" != small ]; then
   # the committed configs are for `small`; a demo of another config uses its own repository
