@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                         m0 = scrape(srv)
                         pass_lat, pass_wall, _ = run_visits(srv, work, [(u, cut) for u in range(n)], a.concurrency)
                         m1 = scrape(srv)
-                        hit_rates.append((metric_total(m1, "genrec_encoder_cache_hits_total") - metric_total(m0, "genrec_encoder_cache_hits_total")) / n)
+                        hit_rates.append(
+                            (metric_total(m1, "genrec_encoder_cache_hits_total") - metric_total(m0, "genrec_encoder_cache_hits_total")) / n
+                        )
                         lat += pass_lat
                         wall += pass_wall
                     after = scrape(srv)

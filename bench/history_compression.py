@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec = pipe.recommend(r1)
                 warm.append((time.perf_counter() - t0) * 1e3)
                 hits += target in rec.items
-                mem.append(pipe.encode(r1)[0].memory.shape[0])
+                mem.append(rec.stage_counts["memory_entries"])
             state_bytes = pipe.encoder_cache.stats.bytes / max(1, pipe.encoder_cache.stats.entries)
             row = {
                 "history_length": length,

@@ -6,6 +6,7 @@ precise 4xx / KServe error. Caps come from ``PipelineConfig``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -180,3 +181,35 @@ def validate_request(
         excluded=validate_excluded(excluded, n_items, cfg),
         options=validate_options(cfg, **options),  # type: ignore[arg-type]
     )
+
+
+# KServe request parameter -> validate_options argument (documented in the recommend config)
+KSERVE_PARAMETERS = {
+    "beam_width": "beam_widths",
+    "ann_candidates": "ann_candidates",
+    "max_candidates": "max_candidates",
+    "top_k": "final_k",
+}
+HISTORY_INPUTS = ("history_items", "history_actions", "history_timestamps", "history_devices")
+
+
+def kserve_request_args(inputs: Mapping[str, np.ndarray | None], params: Mapping[str, object]) -> tuple[tuple, dict]:
+    """``validate_request``'s arguments from a ``recommend`` request: its tensors (None where an
+    optional input is absent) and its parameters (``excluded_items`` may come in both)."""
+    excluded = inputs.get("excluded_items")
+    if "excluded_items" in params and str(params["excluded_items"]).strip():
+        extra = np.asarray(_option_ints("excluded_items", params["excluded_items"]), np.int64)
+        excluded = extra if excluded is None else np.concatenate([np.asarray(excluded, np.int64), extra])
+    user = inputs.get("user_id")
+    if user is not None:
+        v = np.asarray(user).reshape(-1)[0]
+        user = v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+    kwargs = {
+        "segment": 0 if inputs.get("segment") is None else inputs["segment"],
+        "ctx_device": 0 if inputs.get("ctx_device") is None else inputs["ctx_device"],
+        "ctx_time": inputs.get("request_time"),
+        "user_id": user,
+        "excluded": excluded,
+        **{KSERVE_PARAMETERS[k]: v for k, v in params.items() if k in KSERVE_PARAMETERS},
+    }
+    return tuple(inputs.get(n) for n in HISTORY_INPUTS), kwargs

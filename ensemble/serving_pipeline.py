@@ -12,22 +12,31 @@ differ, which is what the parity test checks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
 from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
 from genrec.ensemble.catalogue import Catalogue
-from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.encoder_state import EncodedRequest, EncoderState, Geometry, IncrementalEncoder
-from genrec.ensemble.onnx_decoder import OnnxDecoderStep, OnnxUncachedStep, Runner
+from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep, Runner
 from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
 from genrec.ensemble.retrieval import AnnIndex, search_excluding
 
 from genrec.contracts import ENCODER, RANKER
 from genrec.data.schema import History
-from genrec.settings import Config
+from genrec.settings import Config, PipelineConfig
 
 STAGES = ("encode", "generate", "retrieve", "prerank", "rank")
+
+
+class StateCache(Protocol):
+    """Where encoder states live: ``EncoderCache`` (in process) or ``RedisEncoderCache``."""
+
+    def take(self, user: str, history: History) -> tuple[EncoderState | None, int]: ...
+
+    def store(self, user: str, history: History, state: EncoderState) -> None: ...
 
 
 class ServingPipeline:
@@ -37,7 +46,7 @@ class ServingPipeline:
         catalogue: Catalogue,
         run: Runner,
         ann: AnnIndex,
-        encoder_cache: EncoderCache[EncoderState] | None = None,
+        encoder_cache: StateCache | None = None,
         kv_cache: bool = True,
         compression: bool | None = None,
     ) -> None:
@@ -46,7 +55,7 @@ class ServingPipeline:
         self.kv_cache = kv_cache
         self.encoder = IncrementalEncoder(self._encoder_block, Geometry.of(cfg.encoder, compression))
         dc = cfg.decoder
-        self.decoder_shape = (dc.n_layers, dc.n_heads, dc.d_model // dc.n_heads)
+        self.decoder = DecoderGraphs(run, catalogue.codebook_sizes, dc.n_layers, dc.n_heads, dc.d_model // dc.n_heads)
 
     def _encoder_block(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         return tuple(self.run(ENCODER, feeds))
@@ -59,25 +68,12 @@ class ServingPipeline:
 
     # ---- stages -------------------------------------------------------------------------------
     def encode(self, req: RecommendRequest) -> tuple[EncodedRequest, str]:
-        """Encoder output and the cache outcome ("hit", "miss", "off"). A miss rebuilds the state
-        from the whole history, so hit and miss give the same output."""
-        cache = self.encoder_cache if req.user_id is not None else None
-        state, n_cached = (None, 0) if cache is None else cache.take(req.user_id, req.history)  # type: ignore[arg-type]
-        outcome = "off" if cache is None else ("hit" if state is not None else "miss")
-        state = state or self.encoder.init_state()
-        h = req.history
-        self.encoder.extend(
-            state, History(h.item[n_cached:], h.action[n_cached:], h.timestamp[n_cached:], h.device[n_cached:]), req.segment
-        )
-        out = self.encoder.query(state, req.ctx_device, req.request_time(), req.segment)
-        if cache is not None and len(h):
-            cache.store(req.user_id, h, state)  # type: ignore[arg-type]
-        return out, outcome
+        return encode_with_cache(self.encoder, self.encoder_cache, req)
 
     def generate(self, enc: EncodedRequest, req: RecommendRequest) -> tuple[Generated, int]:
         opts = req.options or validate_options(self.cfg.pipeline)
         step_cls = OnnxDecoderStep if self.kv_cache else OnnxUncachedStep
-        stepper = step_cls(self.run, enc.memory[None], enc.memory_logw[None], self.cat.codebook_sizes, *self.decoder_shape)
+        stepper = step_cls(self.decoder, enc.memory[None], enc.memory_logw[None])
         excluded = [req.excluded]
         result = beam_search(stepper, self.cat.trie, opts.beam_widths, 1, excluded)
         return generated_items(result, self.cat.trie, excluded)[0], result.pruned
@@ -101,28 +97,55 @@ class ServingPipeline:
 
     # ---- the whole request --------------------------------------------------------------------
     def recommend(self, req: RecommendRequest) -> Recommendation:
-        opts = req.options or validate_options(self.cfg.pipeline)
-        t = [time.perf_counter()]
-        enc, outcome = self.encode(req)
-        t.append(time.perf_counter())
-        gen, pruned = self.generate(enc, req)
-        t.append(time.perf_counter())
-        ann = self.retrieve(enc.user, req)
-        t.append(time.perf_counter())
-        trace = self.prerank(gen, enc.user, ann, req)
-        t.append(time.perf_counter())
-        items, scores = self.rank(trace, opts.final_k)
-        t.append(time.perf_counter())
-        return Recommendation(
-            items,
-            scores,
-            {
-                "generated": len(gen.items),
-                "candidates": len(trace.candidates),
-                "preranked": len(trace.kept),
-                "returned": len(items),
-                "beams_pruned": pruned,
-            },
-            {s: (t[i + 1] - t[i]) * 1e3 for i, s in enumerate(STAGES)},
-            outcome,
-        )
+        return timed_recommendation(req, self.cfg.pipeline, self.encode, self.generate, self.retrieve, self.prerank, self.rank)
+
+
+def encode_with_cache(encoder: IncrementalEncoder, cache: StateCache | None, req: RecommendRequest) -> tuple[EncodedRequest, str]:
+    """Encoder output and the cache outcome ("hit", "miss", "off"): only the events after the
+    cached prefix run. A miss rebuilds the state from the whole history, so hit and miss give the
+    same output. Shared by the serving path and the PyTorch reference."""
+    cache = cache if req.user_id is not None else None
+    state, n_cached = (None, 0) if cache is None else cache.take(req.user_id, req.history)  # type: ignore[arg-type]
+    outcome = "off" if cache is None else ("hit" if state is not None else "miss")
+    state = state or encoder.init_state()
+    h = req.history
+    encoder.extend(state, History(h.item[n_cached:], h.action[n_cached:], h.timestamp[n_cached:], h.device[n_cached:]), req.segment)
+    out = encoder.query(state, req.ctx_device, req.request_time(), req.segment)
+    if cache is not None and len(h):
+        cache.store(req.user_id, h, state)  # type: ignore[arg-type]
+    return out, outcome
+
+
+def timed_recommendation(
+    req: RecommendRequest,
+    cfg: PipelineConfig,
+    encode: Callable[[RecommendRequest], tuple[Any, str]],
+    generate: Callable[[Any, RecommendRequest], tuple[Generated, int]],
+    retrieve: Callable[[np.ndarray, RecommendRequest], np.ndarray],
+    prerank: Callable[[Generated, np.ndarray, np.ndarray, RecommendRequest], CascadeTrace],
+    rank: Callable[[CascadeTrace, int], tuple[np.ndarray, np.ndarray]],
+) -> Recommendation:
+    """One request through the stages, timed, with the candidate counts the metrics report. The
+    encoder output needs ``user`` ((d,) or (1, d)) and ``memory_logw``; generate gets it as is."""
+    opts = req.options or validate_options(cfg)
+    t = [time.perf_counter()]
+    enc, outcome = encode(req)
+    t.append(time.perf_counter())
+    gen, pruned = generate(enc, req)
+    t.append(time.perf_counter())
+    user = np.asarray(enc.user).reshape(-1)
+    ann = retrieve(user, req)
+    t.append(time.perf_counter())
+    trace = prerank(gen, user, ann, req)
+    t.append(time.perf_counter())
+    items, scores = rank(trace, opts.final_k)
+    t.append(time.perf_counter())
+    counts = {
+        "generated": len(gen.items),
+        "candidates": len(trace.candidates),
+        "preranked": len(trace.kept),
+        "returned": len(items),
+        "beams_pruned": pruned,
+        "memory_entries": int(np.isfinite(np.asarray(enc.memory_logw)).sum()),  # the decoder attends to these
+    }
+    return Recommendation(items, scores, counts, {s: (t[i + 1] - t[i]) * 1e3 for i, s in enumerate(STAGES)}, outcome)

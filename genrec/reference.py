@@ -15,19 +15,15 @@ tokens, and the most popular items join the ANN candidates.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from genrec.bundle import ModelBundle
-from genrec.data.schema import History
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
 from genrec.ensemble.cascade import CascadeTrace, cascade, popular_order, top_k
-from genrec.ensemble.encoder_cache import EncoderCache
-from genrec.ensemble.encoder_state import EncoderState
 from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex, search_excluding
+from genrec.ensemble.serving_pipeline import StateCache, encode_with_cache, timed_recommendation
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.ugt_encoder import EncoderOutput, build_tokens
 from genrec.ranker import check_features
@@ -67,7 +63,7 @@ class ReferencePipeline:
         bundle: ModelBundle,
         compression: bool | None = None,
         kv_cache: bool = True,
-        encoder_cache: EncoderCache[EncoderState] | None = None,
+        encoder_cache: StateCache | None = None,
         ann: AnnIndex | None = None,
     ) -> None:
         self.b = bundle
@@ -76,6 +72,7 @@ class ReferencePipeline:
         self.kv_cache = kv_cache
         self.encoder_cache = encoder_cache
         self.ann = ann or ExactIndex(bundle.item_vectors)
+        self.popular = popular_order(bundle.items)
 
     # ---- validation ---------------------------------------------------------------------------
     def validate(self, item, action, timestamp, device, **kw) -> RecommendRequest:
@@ -93,18 +90,12 @@ class ReferencePipeline:
         )
         return self.b.encoder.forward_dense(tokens, compression=self.compression)
 
-    def encode_cached(self, req: RecommendRequest) -> EncoderOutput:
-        """Encoding through the per-user state cache: only events after the cached prefix run."""
-        assert self.encoder_cache is not None and req.user_id is not None
-        inc = self.b.encoder.incremental(self.compression)
-        state, n_cached = self.encoder_cache.take(req.user_id, req.history)
-        state = state or inc.init_state()
-        h = req.history
-        inc.extend(state, History(h.item[n_cached:], h.action[n_cached:], h.timestamp[n_cached:], h.device[n_cached:]), req.segment)
-        out = inc.query(state, req.ctx_device, req.request_time(), req.segment)
-        if len(h):
-            self.encoder_cache.store(req.user_id, h, state)
-        return EncoderOutput(torch.from_numpy(out.memory)[None], torch.from_numpy(out.memory_logw)[None], torch.from_numpy(out.user)[None])
+    def encode_cached(self, req: RecommendRequest) -> tuple[EncoderOutput, str]:
+        """Encoding through the per-user state cache (only events after the cached prefix run),
+        with the cache outcome."""
+        out, outcome = encode_with_cache(self.b.encoder.incremental(self.compression), self.encoder_cache, req)
+        t = torch.from_numpy
+        return EncoderOutput(t(out.memory)[None], t(out.memory_logw)[None], t(out.user)[None]), outcome
 
     def generate(self, enc: EncoderOutput, reqs: list[RecommendRequest]) -> tuple[list[Generated], int]:
         widths = reqs[0].options.beam_widths if reqs[0].options else self.cfg.beam_widths
@@ -116,7 +107,7 @@ class ReferencePipeline:
     def cascade(self, gen: Generated, user_vec: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
         b = self.b
         opts = req.options or validate_options(self.cfg)
-        return cascade(gen, user_vec, ann_items, req, opts, b.item_vectors, b.items, b.prerank_weight, popular_order(b.items))
+        return cascade(gen, user_vec, ann_items, req, opts, b.item_vectors, b.items, b.prerank_weight, self.popular)
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.b.ranker is None:  # before the ranker is trained (training uses the pre-rank order)
@@ -142,31 +133,25 @@ class ReferencePipeline:
         return search_excluding(self.ann, user, ann_k, [r.excluded for r in reqs])
 
     def recommend(self, req: RecommendRequest) -> Recommendation:
-        t = {"start": time.perf_counter()}
-        enc = self.encode_cached(req) if (self.encoder_cache is not None and req.user_id is not None) else self.encode([req])
-        t["encode"] = time.perf_counter()
-        gens, pruned = self.generate(enc, [req])
-        t["generate"] = time.perf_counter()
-        opts = req.options or validate_options(self.cfg)
-        user = enc.user.numpy()
-        ann = self.retrieve(user, [req])[0]
-        t["retrieve"] = time.perf_counter()
-        trace = self.cascade(gens[0], user[0], ann, req)
-        t["prerank"] = time.perf_counter()
-        items, scores = self.rank(trace, opts.final_k)
-        t["rank"] = time.perf_counter()
-        stages = list(t)
-        return Recommendation(
-            items,
-            scores,
-            {
-                "generated": len(gens[0].items),
-                "candidates": len(trace.candidates),
-                "preranked": len(trace.kept),
-                "returned": len(items),
-                "beams_pruned": pruned,
-            },
-            {s: (t[s] - t[p]) * 1e3 for p, s in zip(stages, stages[1:])},
+        """One request, timed per stage: the same orchestration as the serving pipeline."""
+
+        def encode(r: RecommendRequest) -> tuple[EncoderOutput, str]:
+            if self.encoder_cache is not None and r.user_id is not None:
+                return self.encode_cached(r)
+            return self.encode([r]), "off"
+
+        def generate(enc: EncoderOutput, r: RecommendRequest) -> tuple[Generated, int]:
+            gens, pruned = self.generate(enc, [r])
+            return gens[0], pruned
+
+        return timed_recommendation(
+            req,
+            self.cfg,
+            encode,
+            generate,
+            lambda user, r: self.retrieve(user[None], [r])[0],
+            self.cascade,
+            self.rank,
         )
 
     def recommend_batch(self, reqs: list[RecommendRequest]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from genrec.ensemble.beam_search import beam_search, generated_items
-from genrec.ensemble.onnx_decoder import OnnxDecoderStep
+from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep
 from genrec.exporters.onnx_export import export_decoder, session
 
 from genrec.data.split import leave_last_out
@@ -24,15 +24,14 @@ def test_onnx_step_model_matches_the_torch_decoder(tiny_bundle, tmp_path):
     export_decoder(b, tmp_path / "cross.onnx", tmp_path / "step.onnx", [(enc.memory.numpy(), enc.memory_logw.numpy())])
     sessions = {"decoder_cross_kv": session(tmp_path / "cross.onnx"), "decoder_step": session(tmp_path / "step.onnx")}
     dc = b.cfg.decoder
-    onnx_step = OnnxDecoderStep(
+    graphs = DecoderGraphs(
         lambda name, feeds: sessions[name].run(None, feeds),
-        enc.memory.numpy(),
-        enc.memory_logw.numpy(),
         b.cfg.semantic_id.codebook_sizes,
         dc.n_layers,
         dc.n_heads,
         dc.d_model // dc.n_heads,
     )
+    onnx_step = OnnxDecoderStep(graphs, enc.memory.numpy(), enc.memory_logw.numpy())
     widths = b.cfg.pipeline.beam_widths
     excluded = [None, reqs[1].history.item[-3:], None, None, None, None]
     got = generated_items(beam_search(onnx_step, b.trie, widths, len(reqs), excluded), b.trie, excluded)
@@ -42,3 +41,9 @@ def test_onnx_step_model_matches_the_torch_decoder(tiny_bundle, tmp_path):
     for g, w in zip(got, want):
         assert np.array_equal(g.items, w.items)
         np.testing.assert_allclose(g.logprob, w.logprob, atol=1e-4)
+    # without the KV cache (per-beam cross K/V, prefix recomputed): the same search
+    uncached = OnnxUncachedStep(graphs, enc.memory.numpy(), enc.memory_logw.numpy())
+    again = generated_items(beam_search(uncached, b.trie, widths, len(reqs), excluded), b.trie, excluded)
+    for g, a in zip(got, again):
+        assert np.array_equal(g.items, a.items)
+        np.testing.assert_allclose(g.logprob, a.logprob, atol=1e-4)

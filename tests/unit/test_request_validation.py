@@ -83,3 +83,27 @@ def test_options_arrive_as_request_parameter_strings():
     for bad in ({"beam_widths": "x"}, {"beam_widths": "1,2"}, {"beam_widths": 0}, {"max_candidates": 10}, {"ann_candidates": -1}):
         with pytest.raises(InvalidValueError):
             validate_options(cfg, **bad)
+
+
+def test_kserve_tensors_and_parameters_become_validate_request_arguments():
+    from genrec.ensemble.request_validation import kserve_request_args, validate_request
+
+    inputs = {
+        "history_items": np.array([3, 4]),
+        "history_actions": np.array([0, 1]),
+        "history_timestamps": np.array([1.7e9, 1.7e9 + 5]),
+        "history_devices": np.array([0, 0]),
+        "user_id": np.array([b"u-7"], dtype=object),
+        "segment": None,
+        "ctx_device": np.array([1]),
+        "request_time": None,
+        "excluded_items": np.array([9]),
+    }
+    args, kw = kserve_request_args(inputs, {"top_k": 5, "beam_width": "4,8,16", "excluded_items": "11, 12", "other": 1})
+    req = validate_request(*args, n_items=100, n_devices=3, n_segments=2, cfg=PipelineConfig(), **kw)
+    assert req.user_id == "u-7" and req.segment == 0 and req.ctx_device == 1
+    assert req.excluded.tolist() == [9, 11, 12] and req.options.final_k == 5 and req.options.beam_widths == (4, 8, 16)
+    _, kw = kserve_request_args({**inputs, "excluded_items": None}, {"excluded_items": ""})
+    assert kw["excluded"] is None
+    with pytest.raises(InvalidValueError, match="excluded_items"):
+        kserve_request_args(inputs, {"excluded_items": "1,x"})

@@ -23,12 +23,12 @@ for _p in _PATHS:
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+from genrec.ensemble.request_validation import kserve_request_args  # noqa: E402
 from genrec.ensemble.serving_metrics import COUNTER, GAUGE, HISTOGRAM, ServingMetrics  # noqa: E402
 from genrec.ensemble.serving_setup import build_pipeline, load_setup  # noqa: E402
 
+from genrec.contracts import recommend_contract  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
-
-PARAMETERS = {"beam_width": "beam_widths", "ann_candidates": "ann_candidates", "max_candidates": "max_candidates", "top_k": "final_k"}
 
 
 def _input(request, name: str):
@@ -40,6 +40,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.setup = load_setup(version_dir)
+        self.input_names = [t.name for t in recommend_contract(self.setup.cfg).inputs]
         outputs = self.setup.outputs()
         pinned = self.setup.pinned
 
@@ -69,26 +70,9 @@ class TritonPythonModel:
 
     def _one(self, request):
         try:
-            params = json.loads(request.parameters() or "{}")
-            options = {PARAMETERS[k]: v for k, v in params.items() if k in PARAMETERS}
-            excluded = _input(request, "excluded_items")
-            if "excluded_items" in params:
-                extra = [int(x) for x in str(params["excluded_items"]).split(",") if x.strip()] if params["excluded_items"] != "" else []
-                excluded = np.concatenate([np.zeros(0, np.int64) if excluded is None else excluded, np.asarray(extra, np.int64)])
-            user = _input(request, "user_id")
-            scalars = {n: _input(request, n) for n in ("segment", "ctx_device", "request_time")}
-            req = self.pipeline.validate(
-                _input(request, "history_items"),
-                _input(request, "history_actions"),
-                _input(request, "history_timestamps"),
-                _input(request, "history_devices"),
-                segment=0 if scalars["segment"] is None else scalars["segment"],
-                ctx_device=0 if scalars["ctx_device"] is None else scalars["ctx_device"],
-                ctx_time=scalars["request_time"],
-                user_id=None if user is None else _text(user.reshape(-1)[0]),
-                excluded=excluded,
-                **options,
-            )
+            inputs = {n: _input(request, n) for n in self.input_names}
+            args, kwargs = kserve_request_args(inputs, json.loads(request.parameters() or "{}"))
+            req = self.pipeline.validate(*args, **kwargs)
         except (GenrecError, ValueError) as e:  # the caller's mistake: 400 / INVALID_ARGUMENT
             self.metrics.rejected("invalid_argument")
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
@@ -107,7 +91,3 @@ class TritonPythonModel:
         close = getattr(self.pipeline.ann, "close", None)
         if close:
             close()
-
-
-def _text(v) -> str:
-    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
