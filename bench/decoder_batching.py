@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from genrec.ensemble.onnx_sessions import OnnxSessionRunner
-from genrec.ensemble.serving_setup import load_setup
 
 from genrec.artifacts import machine, now_iso, versions, write_json
+from genrec.ensemble.onnx_sessions import OnnxSessionRunner
+from genrec.ensemble.serving_setup import load_setup
 
 MEMORY_ENTRIES = 83  # decoder memory of a compressed `small` request (bench/results/history_compression.json)
 

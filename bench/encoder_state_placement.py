@@ -27,7 +27,7 @@ from genrec.bundle import load_bundle
 from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
-from genrec.redis_runtime import RedisServer
+from genrec.runtime.redis_server import RedisServer
 
 
 def repository_with_instances(src: Path, dst: Path, instances: int) -> Path:

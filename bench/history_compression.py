@@ -20,6 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
+from genrec.bundle import load_bundle
+from genrec.data.synthetic import generate
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_sessions import OnnxSessionRunner
@@ -27,10 +31,6 @@ from genrec.ensemble.request_validation import RecommendRequest
 from genrec.ensemble.retrieval import ExactIndex
 from genrec.ensemble.serving_pipeline import ServingPipeline
 from genrec.ensemble.serving_setup import load_setup
-
-from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
-from genrec.bundle import load_bundle
-from genrec.data.synthetic import generate
 from genrec.heldout import history_slice
 
 

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from genrec.exporters.onnx_export import export_ranker, p50_ms, session
 
 from genrec.artifacts import machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle
+from genrec.exporters.onnx_export import export_ranker, p50_ms, session
 
 
 def _p50(fn, x, runs: int = 200) -> float:

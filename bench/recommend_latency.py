@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -31,22 +30,16 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from genrec.client.recommend_client import RecommendClient
 
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle
+from genrec.client.recommend_client import RecommendClient
 from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
-from genrec.triton_runtime import TritonServer
+from genrec.runtime.triton_server import TritonServer
 
 NEW_EVENTS = 4  # returning visits per user (one new event each)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -135,7 +128,7 @@ def stage_means(before: str, after: str) -> dict[str, float]:
 
 def start(repo: Path, state: Path, **env: str) -> TritonServer:
     log = state / f"triton-{int(time.time())}.log"
-    s = TritonServer(repo, free_port(), free_port(), free_port(), log=log, env={"GENREC_SERVING__STATE_DIR": str(state), **env})
+    s = TritonServer.on_free_ports(repo, log=log, env={"GENREC_SERVING__STATE_DIR": str(state), **env})
     return s.start(timeout=300)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from genrec.ensemble.prefix_trie import N_LEVELS, PrefixTrie
 
 

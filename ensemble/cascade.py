@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from genrec.ensemble.beam_search import Generated
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.ensemble.request_validation import RecommendRequest, RequestOptions

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from genrec.ensemble.cascade import popular_order
 from genrec.ensemble.prefix_trie import PrefixTrie
 from genrec.ensemble.ranking_features import ItemTable

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+
+from genrec.contracts import ENCODER, RANKER
+from genrec.data.schema import History
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
 from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
 from genrec.ensemble.catalogue import Catalogue
@@ -23,9 +26,6 @@ from genrec.ensemble.encoder_state import EncodedRequest, EncoderState, Geometry
 from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep, Runner
 from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
 from genrec.ensemble.retrieval import AnnIndex, search_excluding
-
-from genrec.contracts import ENCODER, RANKER
-from genrec.data.schema import History
 from genrec.settings import Config, PipelineConfig
 
 STAGES = ("encode", "generate", "retrieve", "prerank", "rank")

@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from genrec.contracts import all_contracts
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_decoder import Runner
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex
 from genrec.ensemble.serving_pipeline import ServingPipeline
-
-from genrec.contracts import all_contracts
 from genrec.settings import Config, config_from_dict, env_overrides, with_overrides
 
 SERVING_FILE = "serving.json"

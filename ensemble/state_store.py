@@ -14,10 +14,9 @@ the request does not fail.
 
 from __future__ import annotations
 
+from genrec.data.schema import History
 from genrec.ensemble.encoder_cache import CacheStats, history_fingerprint
 from genrec.ensemble.encoder_state import EncoderState
-
-from genrec.data.schema import History
 
 FINGERPRINT_BYTES = 32  # hex digest of history_fingerprint
 

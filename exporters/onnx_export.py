@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
 
 from genrec.bundle import ModelBundle
 from genrec.contracts import ModelContract, decoder_cross_kv_contract, decoder_step_contract, encoder_contract, ranker_contract
 from genrec.data.schema import History
+from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
 from genrec.models.ugt_encoder import event_tokens
 
 OPSET = 17

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from genrec.exporters.pbtxt import render
 
 from genrec.artifacts import now_iso, versions, write_json
 from genrec.contracts import ModelContract, all_contracts
+from genrec.exporters.pbtxt import render
 
 
 class PublishError(RuntimeError):
@@ -145,10 +145,9 @@ def publish_recommend(repository: Path, bundle, pinned: dict[str, int], manifest
     Before it is moved into place, the staged version serves one request in process (the pinned
     graphs in onnxruntime, exact ANN) and must return a full top-k; otherwise nothing changes.
     """
+    from genrec.contracts import recommend_contract
     from genrec.ensemble.catalogue import Catalogue
     from genrec.ensemble.serving_setup import build_pipeline, load_setup, write_serving_file
-
-    from genrec.contracts import recommend_contract
 
     repository = Path(repository)
     c = recommend_contract(bundle.cfg)
@@ -210,11 +209,11 @@ def rollback(repository: Path, model: str, triton_url: str | None = None) -> int
 def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path, dict]]:
     """Export every served model of a run into ``out_dir``; returns {model: (onnx, parity)}."""
     import torch
-    from genrec.exporters.onnx_export import export_decoder, export_encoder, export_ranker
 
     from genrec.bundle import load_bundle
     from genrec.data.split import leave_last_out
     from genrec.evaluate import dataset_of
+    from genrec.exporters.onnx_export import export_decoder, export_encoder, export_ranker
     from genrec.heldout import heldout_requests
     from genrec.reference import ReferencePipeline
 

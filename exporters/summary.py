@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from genrec.exporters.onnx_export import p50_ms, session
 
 from genrec.artifacts import machine, now_iso, versions, write_json
+from genrec.exporters.onnx_export import p50_ms, session
 from genrec.settings import Config
 
 OPT_LEVELS = ("disabled", "basic", "all")

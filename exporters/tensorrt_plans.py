@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[tensorrt] skipped: {why}")
         return 0
     from genrec.exporters.summary import representative_feeds
-
     from genrec.settings import named_config
 
     feeds = representative_feeds(named_config(a.config))

@@ -1,12 +1,18 @@
-"""Shared fixtures. The `tiny_run` fixture trains the `tiny` configuration once per session."""
+"""Shared fixtures: the trained `tiny` run, and the real servers (redis-server, Triton) on free
+loopback ports. Every test and benchmark starts its servers through ``genrec.runtime``."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from genrec.runtime.ports import free_port as _free_port
+from genrec.runtime.redis_server import RedisServer
+from genrec.runtime.triton_server import TritonServer
 from genrec.settings import named_config
 
 
@@ -30,15 +36,39 @@ def tiny_bundle(tiny_run: Path):
     return load_bundle(tiny_run)
 
 
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    return _free_port
+
+
 @pytest.fixture(scope="session")
-def redis_url():
+def redis_server() -> Iterator[RedisServer]:
     """A real redis-server for the session (installed by scripts/setup.sh)."""
-    import shutil
-
-    from genrec.redis_runtime import RedisServer
-
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: scripts/setup.sh installs it with apt when run as root")
     server = RedisServer(maxmemory="64mb").start()
-    yield server.url
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TritonServer]]:
+    """Factory: ``triton_server(repository, **env)`` starts a real Triton on free ports with its
+    own encoder-state folder and log; every server it started is stopped at the end."""
+    started: list[TritonServer] = []
+
+    def start(repository: Path, **env: str) -> TritonServer:
+        state = tmp_path_factory.mktemp("state")
+        log = tmp_path_factory.mktemp("logs") / "triton.log"
+        server = TritonServer.on_free_ports(repository, log=log, env={"GENREC_SERVING__STATE_DIR": str(state), **env})
+        started.append(server)
+        return server.start(timeout=240)
+
+    yield start
+    for server in started:
+        server.stop()

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from genrec.ensemble.beam_search import beam_search, generated_items
-from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep
-from genrec.exporters.onnx_export import export_decoder, session
 
 from genrec.data.split import leave_last_out
+from genrec.ensemble.beam_search import beam_search, generated_items
+from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep
 from genrec.evaluate import dataset_of
+from genrec.exporters.onnx_export import export_decoder, session
 from genrec.heldout import heldout_requests
 from genrec.reference import ReferencePipeline, TorchCachedStep
 

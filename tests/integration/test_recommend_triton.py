@@ -7,30 +7,22 @@ BLS execution mode.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import numpy as np
 import pytest
-from genrec.client.recommend_client import RecommendClient, RecommendError
-from genrec.exporters.publish import publish_run
 
+from genrec.client.recommend_client import RecommendClient, RecommendError
 from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
+from genrec.exporters.publish import publish_run
 from genrec.heldout import heldout_requests
 from genrec.reference import ReferencePipeline
-from genrec.triton_runtime import TritonServer
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("pymilvus")
 N_USERS = 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +32,9 @@ def repository(tiny_run, tmp_path_factory):
     return repo
 
 
-def _serve(repository, tmp_path_factory, **env):
-    state = tmp_path_factory.mktemp("state")
-    log = tmp_path_factory.mktemp("logs") / "triton.log"
-    s = TritonServer(repository, free_port(), free_port(), free_port(), log=log, env={"GENREC_SERVING__STATE_DIR": str(state), **env})
-    return s.start(timeout=240)
-
-
 @pytest.fixture(scope="module")
-def server(repository, tmp_path_factory):
-    s = _serve(repository, tmp_path_factory)
+def server(repository, triton_server):
+    s = triton_server(repository)
     yield s
     s.stop()
 
@@ -224,8 +209,8 @@ def test_custom_metrics_are_on_the_metrics_port(server, heldout):
     assert _metric(server, "genrec_beams_pruned_total") > 0
 
 
-def test_bls_execution_gives_the_same_answers(repository, tmp_path_factory, tiny_bundle, heldout, server):
-    bls = _serve(repository, tmp_path_factory, GENREC_SERVING__EXECUTION="bls")
+def test_bls_execution_gives_the_same_answers(repository, triton_server, tiny_bundle, heldout, server):
+    bls = triton_server(repository, GENREC_SERVING__EXECUTION="bls")
     try:
         a, b = RecommendClient(server.grpc_url), RecommendClient(bls.grpc_url)
         for req in heldout[0][:20]:
@@ -236,9 +221,9 @@ def test_bls_execution_gives_the_same_answers(repository, tmp_path_factory, tiny
         bls.stop()
 
 
-def test_encoder_states_in_redis_through_triton(repository, tmp_path_factory, heldout, redis_url, server):
+def test_encoder_states_in_redis_through_triton(repository, triton_server, heldout, redis_url, server):
     pytest.importorskip("redis")
-    srv = _serve(repository, tmp_path_factory, GENREC_SERVING__STATE_STORE="redis", GENREC_SERVING__REDIS_URL=redis_url)
+    srv = triton_server(repository, GENREC_SERVING__STATE_STORE="redis", GENREC_SERVING__REDIS_URL=redis_url)
     try:
         client, plain = RecommendClient(srv.grpc_url), RecommendClient(server.grpc_url)
         req = heldout[0][7]

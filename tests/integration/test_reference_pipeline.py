@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from genrec.ensemble.encoder_cache import EncoderCache
-from genrec.ensemble.request_validation import RecommendRequest
 
 from genrec.data.schema import History
 from genrec.data.split import leave_last_out
+from genrec.ensemble.encoder_cache import EncoderCache
+from genrec.ensemble.request_validation import RecommendRequest
 from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemError
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from genrec.data.split import leave_last_out
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.request_validation import RecommendRequest
 from genrec.ensemble.state_store import RedisEncoderCache
-
-from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
 from genrec.reference import ReferencePipeline
@@ -52,7 +52,7 @@ def test_redis_and_in_process_caches_give_the_same_states(tiny_bundle, requests_
 
 
 def test_an_unreachable_redis_is_a_miss_not_a_failure(tiny_bundle, requests_):
-    from genrec.redis_runtime import free_port
+    from genrec.runtime.ports import free_port
 
     down = RedisEncoderCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60)
     pipe = ReferencePipeline(tiny_bundle, encoder_cache=down)

@@ -8,7 +8,6 @@ these graphs is ~1e-6).
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,22 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from genrec.exporters.pbtxt import render
-from genrec.exporters.publish import PublishError, publish_file, publish_run, rollback, version_numbers
 
 from genrec.contracts import all_contracts, ranker_contract
-from genrec.triton_runtime import TritonServer
+from genrec.exporters.pbtxt import render
+from genrec.exporters.publish import PublishError, publish_file, publish_run, rollback, version_numbers
 
 pytestmark = pytest.mark.integration
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 TOL = 1e-3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +34,8 @@ def repository(tiny_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository, tmp_path_factory):
-    log = tmp_path_factory.mktemp("logs") / "triton.log"
-    s = TritonServer(repository, free_port(), free_port(), free_port(), log=log)
-    s.start(timeout=240)
+def server(repository, triton_server):
+    s = triton_server(repository)
     yield s
     s.stop()
 
@@ -83,11 +73,10 @@ def test_every_model_is_ready_with_its_generated_config(server, repository, tiny
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol):
-    from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
-    from genrec.exporters.onnx_export import encoder_cases
-
     from genrec.data.split import leave_last_out
     from genrec.evaluate import dataset_of
+    from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
+    from genrec.exporters.onnx_export import encoder_cases
     from genrec.heldout import heldout_requests
     from genrec.reference import ReferencePipeline
 

@@ -3,10 +3,11 @@
 import itertools
 
 import numpy as np
-from genrec.ensemble.beam_search import beam_search, generated_items
-from genrec.ensemble.prefix_trie import PrefixTrie
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from genrec.ensemble.beam_search import beam_search, generated_items
+from genrec.ensemble.prefix_trie import PrefixTrie
 
 SIZES = (3, 4, 5)
 

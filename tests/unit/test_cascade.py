@@ -1,9 +1,10 @@
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
 from genrec.ensemble.beam_search import Generated
 from genrec.ensemble.cascade import NOT_GENERATED_RANK, merge, prerank_scores, top_k
 from genrec.ensemble.ranking_features import N_FEATURES, ItemTable, ranking_features
-from hypothesis import given
-from hypothesis import strategies as st
 
 N = 50
 RNG = np.random.default_rng(0)

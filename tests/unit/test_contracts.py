@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from genrec.exporters.pbtxt import render
 
 from genrec.contracts import all_contracts, recommend_contract
+from genrec.exporters.pbtxt import render
 from genrec.settings import named_config
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"

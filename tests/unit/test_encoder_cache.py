@@ -1,9 +1,9 @@
 from dataclasses import dataclass
 
 import numpy as np
-from genrec.ensemble.encoder_cache import EncoderCache
 
 from genrec.data.schema import History
+from genrec.ensemble.encoder_cache import EncoderCache
 
 
 @dataclass
@@ -49,9 +49,8 @@ def test_lru_eviction_by_bytes():
 
 
 def test_encoder_state_survives_serialisation():
-    from genrec.ensemble.encoder_state import EncoderState, Geometry, IncrementalEncoder
-
     from genrec.data.schema import History
+    from genrec.ensemble.encoder_state import EncoderState, Geometry, IncrementalEncoder
 
     g = Geometry(n_layers=2, d_model=4, block_tokens=2, recent_blocks=1, slots=2, compression=True)
     rng = np.random.default_rng(0)

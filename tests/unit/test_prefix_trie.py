@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
-from genrec.ensemble.prefix_trie import PrefixTrie
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from genrec.ensemble.prefix_trie import PrefixTrie
 
 SIZES = (4, 5, 6)
 codes_strategy = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 5)), min_size=1, max_size=80)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from genrec.ensemble.request_validation import validate_excluded, validate_history, validate_options
 
+from genrec.ensemble.request_validation import validate_excluded, validate_history, validate_options
 from genrec.errors import GenrecError, HistoryTooLongError, InvalidValueError, UnknownItemError
 from genrec.settings import PipelineConfig
 

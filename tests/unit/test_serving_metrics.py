@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
 from genrec.ensemble.encoder_cache import CacheStats
 from genrec.ensemble.request_validation import Recommendation
 from genrec.ensemble.serving_metrics import ALL, COUNTER, HISTOGRAM, ServingMetrics

@@ -1,4 +1,5 @@
 import pytest
+
 from genrec.exporters.tensorrt_plans import gpu_available, main
 
 

@@ -23,11 +23,11 @@ for _p in _PATHS:
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from genrec.contracts import recommend_contract  # noqa: E402
 from genrec.ensemble.request_validation import kserve_request_args  # noqa: E402
 from genrec.ensemble.serving_metrics import COUNTER, GAUGE, HISTOGRAM, ServingMetrics  # noqa: E402
 from genrec.ensemble.serving_setup import build_pipeline, load_setup  # noqa: E402
-
-from genrec.contracts import recommend_contract  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
 
 

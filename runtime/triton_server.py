@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from genrec.runtime.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKEND_SOURCES = REPO_ROOT / "ensemble" / "backends"
 
@@ -110,6 +112,15 @@ class TritonServer:
         self.backend_dir = backend_dir
         self.extra_env = dict(env or {})  # e.g. GENREC_SERVING__* for the recommend model
         self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, log: Path | None = None, env: dict[str, str] | None = None, **kw: object) -> TritonServer:
+        """A server on three free loopback ports (tests, benchmarks, a second local stack)."""
+        return cls(repository, free_port(), free_port(), free_port(), log=log, env=env, **kw)  # type: ignore[arg-type]
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://localhost:{self.metrics_port}/metrics"
 
     @property
     def http_url(self) -> str:
