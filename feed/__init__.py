@@ -1,0 +1,1 @@
+"""The feed service (BentoML in front of Triton), installed as ``genrec.feed``."""
