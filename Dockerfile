@@ -15,14 +15,21 @@ WORKDIR /opt/genrec
 
 # Dependencies first (cached layer); the server itself is the container's, not the wheel's.
 COPY requirements.txt ./
-RUN grep -v -e '^nvidia-pytriton' -e '^pytest' -e '^hypothesis' requirements.txt > /tmp/req.txt \
+# Left out: the pip Triton server and the test/lint tooling.
+RUN grep -v -e '^nvidia-pytriton' -e '^pytest' -e '^hypothesis' -e '^schemathesis' \
+        -e '^ruff' -e '^mypy' -e '^vermin' -e '^hadolint' -e '^pre-commit' requirements.txt > /tmp/req.txt \
     && python3 -m pip install -r /tmp/req.txt \
     && rm /tmp/req.txt
 
+# Every folder pyproject.toml's [tool.setuptools.package-dir] maps (tests/unit/test_dockerfile.py
+# replays these COPY lines and installs the result, so a missing one fails the test command).
 COPY pyproject.toml README.md ./
 COPY genrec ./genrec
 COPY ensemble ./ensemble
 COPY exporters ./exporters
+COPY client ./client
+COPY runtime ./runtime
+COPY feed ./feed
 COPY model_repository ./model_repository
 RUN python3 -m pip install --no-deps . \
     && useradd --create-home --uid 10001 triton-user \
