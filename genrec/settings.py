@@ -132,6 +132,34 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class FeedConfig:
+    """The BentoML feed service (``GENREC_FEED__<FIELD>``); every cap is documented in feed/README.md."""
+
+    triton_grpc_url: str = "localhost:8001"
+    redis_url: str = "redis://localhost:6379/0"
+    run_dir: str = ""  # "" = the latest run under artifacts/runs
+    model_repository: str = "model_repository"  # item vectors of the served recommend version
+    triton_timeout_s: float = 2.0  # deadline of one recommend call; past it the feed falls back
+    redis_timeout_s: float = 0.25  # socket timeout of one Redis call
+    max_count: int = 50
+    default_count: int = 10
+    cursor_ttl_s: int = 1_800  # a feed session (its cursor and served pages) lives 30 min
+    max_session_items: int = 500  # items one feed session can serve (the cursor's seen set)
+    max_body_bytes: int = 65_536
+    max_events_per_batch: int = 100
+    event_token_ttl_s: int = 7 * 86_400
+    idempotency_ttl_s: int = 86_400
+    max_relations: int = 1_000  # likes and negatives kept per user (newest)
+    max_impressions: int = 1_000  # impressions kept per user (newest)
+    product_every: int = 4  # at most one product in every `product_every` positions
+    candidates: int = 100  # top_k asked of recommend (the ranker's 100)
+    signing_key: str = "genrec-dev-signing-key"  # the dev default logs a warning; set it in production
+    max_concurrency: int = 32  # BentoML traffic limit: beyond it, 429
+    request_timeout_s: float = 5.0  # BentoML traffic limit: beyond it, 504
+    port: int = 3000
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "small"
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,6 +169,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,4 +277,5 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
         train=build(TrainConfig, d["train"]),
         pipeline=build(PipelineConfig, d["pipeline"]),
         serving=build(ServingConfig, d.get("serving", {})),
+        feed=build(FeedConfig, d.get("feed", {})),
     )
