@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     b = load_bundle(run)
     ds = dataset_of(b)
     split = leave_last_out(ds.events)
-    reqs, _ = heldout_requests(ds, split, split.eligible_users, b.cfg.pipeline.max_history_events)
+    reqs, _ = heldout_requests(ds, split, split.eligible_users, b.cfg.pipeline)
     work = Workload([r for r in reqs if len(r.history) > NEW_EVENTS + 1][: a.users])
     n = len(work.reqs)
     tmp = Path(tempfile.mkdtemp(prefix="genrec-placement-"))

@@ -27,7 +27,8 @@ from genrec.data.synthetic import generate
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_sessions import OnnxSessionRunner
-from genrec.ensemble.request_validation import RecommendRequest
+from genrec.ensemble.request_types import RecommendRequest
+from genrec.ensemble.request_validation import validate_options
 from genrec.ensemble.retrieval import ExactIndex
 from genrec.ensemble.serving_pipeline import ServingPipeline
 from genrec.ensemble.serving_setup import load_setup
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for length in a.lengths:
         ds = long_users(b.cfg, length, a.users)
-        if not np.array_equal(ds.catalogue.category, b.items.category):
+        if not np.array_equal(ds.item_metadata.category, b.items.category):
             raise SystemExit("the generator's catalogue differs from the run's: cannot reuse the trained models")
         users = []
         offsets = ds.events.user_offsets()
@@ -74,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                     int(ds.events.device[s + length]),
                 )
             )
+        options = validate_options(b.cfg.pipeline)
         for compression in (True, False):
             pipe = ServingPipeline(b.cfg, cat, runner, ExactIndex(cat.item_vectors), EncoderCache(2**34), compression=compression)
             cold, warm, hits, mem = [], [], 0, []
             for i, (h, target, t, seg, dev) in enumerate(users):
                 uid = f"L{length}-{i}"
-                r0 = RecommendRequest(h.head(length - 1), seg, dev, ctx_time=int(h.timestamp[-1]), user_id=uid)
+                r0 = RecommendRequest(h.head(length - 1), options, seg, dev, ctx_time=int(h.timestamp[-1]), user_id=uid)
                 t0 = time.perf_counter()
                 pipe.recommend(r0)
                 cold.append((time.perf_counter() - t0) * 1e3)
-                r1 = RecommendRequest(h, seg, dev, ctx_time=t, user_id=uid)
+                r1 = RecommendRequest(h, options, seg, dev, ctx_time=t, user_id=uid)
                 t0 = time.perf_counter()
                 rec = pipe.recommend(r1)
                 warm.append((time.perf_counter() - t0) * 1e3)

@@ -11,7 +11,7 @@ import numpy as np
 
 from genrec.ensemble.beam_search import Generated
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
-from genrec.ensemble.request_validation import RecommendRequest, RequestOptions
+from genrec.ensemble.request_types import RecommendRequest, RequestOptions
 
 NOT_GENERATED_RANK = 10_000  # beam rank given to items that only ANN found
 COLD_START_POPULAR = 100  # popular items added to the candidates when the history is empty

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from genrec.ensemble.cascade import popular_order
 from genrec.ensemble.prefix_trie import PrefixTrie
 from genrec.ensemble.ranking_features import ItemTable
+
+if TYPE_CHECKING:  # the bundle holds torch models; the served path never imports it
+    from genrec.bundle import ModelBundle
 
 FILE_NAME = "catalogue.npz"
 
@@ -40,7 +44,7 @@ class Catalogue:
         return int(self.codes.shape[0])
 
     @classmethod
-    def from_bundle(cls, b) -> Catalogue:  # b: genrec.bundle.ModelBundle (not imported: no torch here)
+    def from_bundle(cls, b: ModelBundle) -> Catalogue:
         return cls(
             b.semantic_ids.codes,
             b.semantic_ids.codebook_sizes,
@@ -75,4 +79,12 @@ class Catalogue:
         z = np.load(Path(directory) / FILE_NAME)
         items = ItemTable(z["category"], z["author"], z["kind"], z["log_popularity"], int(z["n_categories"]))
         sizes = tuple(int(k) for k in z["codebook_sizes"])
-        return cls(z["codes"], sizes, z["item_vectors"], items, float(z["prerank_weight"]), int(z["n_segments"]), int(z["n_devices"]))  # type: ignore[arg-type]
+        return cls(
+            z["codes"],
+            (sizes[0], sizes[1], sizes[2]),
+            z["item_vectors"],
+            items,
+            float(z["prerank_weight"]),
+            int(z["n_segments"]),
+            int(z["n_devices"]),
+        )

@@ -7,25 +7,17 @@ precise 4xx / KServe error. Caps come from ``PipelineConfig``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from genrec.data.schema import N_ACTIONS, History
+from genrec.ensemble.request_types import RecommendRequest, RequestOptions
 from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemError
 from genrec.settings import PipelineConfig
 
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: later (or negative) times are a unit mistake
 MAX_USER_ID_BYTES = 256
-
-
-@dataclass(frozen=True)
-class RequestOptions:
-    beam_widths: tuple[int, int, int]
-    ann_candidates: int
-    max_candidates: int
-    prerank_keep: int
-    final_k: int
 
 
 def _int_array(name: str, values: object) -> np.ndarray:
@@ -113,32 +105,7 @@ def validate_options(
     k = cfg.final_k if final_k is None else _option_ints("top_k", final_k)[0]
     if not 1 <= k <= cfg.prerank_keep:
         raise InvalidValueError("top_k", f"expected [1, {cfg.prerank_keep}], got {k}")
-    return RequestOptions(widths, ann, cands, cfg.prerank_keep, k)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class RecommendRequest:
-    history: History
-    segment: int = 0
-    ctx_device: int = 0
-    ctx_time: int | None = None  # request time; defaults to one minute after the last event
-    user_id: str | None = None  # key of the encoder cache
-    excluded: np.ndarray | None = None
-    options: RequestOptions | None = None
-
-    def request_time(self) -> int:
-        if self.ctx_time is not None:
-            return int(self.ctx_time)
-        return int(self.history.timestamp[-1]) + 60 if len(self.history) else 0
-
-
-@dataclass
-class Recommendation:
-    items: np.ndarray
-    scores: np.ndarray
-    stage_counts: dict[str, int] = field(default_factory=dict)
-    stage_ms: dict[str, float] = field(default_factory=dict)
-    cache: str = "off"  # encoder cache outcome: "hit", "miss" or "off"
+    return RequestOptions((widths[0], widths[1], widths[2]), ann, cands, cfg.prerank_keep, k)
 
 
 def validate_request(
@@ -154,9 +121,12 @@ def validate_request(
     segment: object = 0,
     ctx_device: object = 0,
     ctx_time: object = None,
-    user_id: str | None = None,
+    user_id: str | bytes | None = None,
     excluded: object = None,
-    **options: object,
+    beam_widths: object = None,
+    ann_candidates: object = None,
+    max_candidates: object = None,
+    final_k: object = None,
 ) -> RecommendRequest:
     """Every input of a recommend request checked against the catalogue and the caps."""
     h = validate_history(item, action, timestamp, device, n_items, n_devices, cfg)
@@ -170,17 +140,50 @@ def validate_request(
         t = int(_int_array("request_time", np.atleast_1d(np.asarray(ctx_time, dtype=np.float64)))[0])
         if not 0 <= t <= MAX_TIMESTAMP:
             raise InvalidValueError("request_time", f"expected unix seconds in [0, {MAX_TIMESTAMP}]")
-    if user_id is not None and (not user_id or len(user_id) > MAX_USER_ID_BYTES):
-        raise InvalidValueError("user_id", f"expected 1 to {MAX_USER_ID_BYTES} bytes")
     return RecommendRequest(
         h,
+        validate_options(cfg, beam_widths, ann_candidates, max_candidates, final_k),
         seg,
         dev,
         ctx_time=t,
-        user_id=user_id,
+        user_id=validate_user_id(user_id),
         excluded=validate_excluded(excluded, n_items, cfg),
-        options=validate_options(cfg, **options),  # type: ignore[arg-type]
     )
+
+
+class CatalogueLimits(Protocol):
+    """What validation needs of a catalogue (``genrec.ensemble.catalogue.Catalogue`` has it)."""
+
+    @property
+    def n_items(self) -> int: ...
+
+    n_devices: int
+    n_segments: int
+
+
+def validate_for_catalogue(
+    catalogue: CatalogueLimits, cfg: PipelineConfig, item: object, action: object, timestamp: object, device: object, **kw: Any
+) -> RecommendRequest:
+    """``validate_request`` against a catalogue's sizes: the one entry point of the serving path
+    and the PyTorch reference."""
+    c = catalogue
+    return validate_request(
+        item, action, timestamp, device, n_items=c.n_items, n_devices=c.n_devices, n_segments=c.n_segments, cfg=cfg, **kw
+    )
+
+
+def validate_user_id(user_id: str | bytes | None) -> str | None:
+    """The cache key as sent: checked in bytes (1..MAX_USER_ID_BYTES), and refused unless it is
+    valid UTF-8, so two different byte strings never map to one key."""
+    if user_id is None:
+        return None
+    raw = user_id if isinstance(user_id, bytes) else str(user_id).encode("utf-8", errors="surrogatepass")
+    if not 1 <= len(raw) <= MAX_USER_ID_BYTES:
+        raise InvalidValueError("user_id", f"expected 1 to {MAX_USER_ID_BYTES} bytes, got {len(raw)}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidValueError("user_id", "is not valid UTF-8") from None
 
 
 # KServe request parameter -> validate_options argument (documented in the recommend config)
@@ -202,8 +205,10 @@ def kserve_request_args(inputs: Mapping[str, np.ndarray | None], params: Mapping
         excluded = extra if excluded is None else np.concatenate([np.asarray(excluded, np.int64), extra])
     user = inputs.get("user_id")
     if user is not None:
-        v = np.asarray(user).reshape(-1)[0]
-        user = v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+        values = np.asarray(user).reshape(-1)
+        if values.size != 1:
+            raise InvalidValueError("user_id", f"expected one value, got {values.size}")
+        user = values[0] if isinstance(values[0], bytes) else str(values[0])
     kwargs = {
         "segment": 0 if inputs.get("segment") is None else inputs["segment"],
         "ctx_device": 0 if inputs.get("ctx_device") is None else inputs["ctx_device"],

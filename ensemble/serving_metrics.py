@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genrec.ensemble.encoder_cache import CacheStats
-from genrec.ensemble.request_validation import Recommendation
+from genrec.ensemble.request_types import Recommendation
 from genrec.ensemble.serving_pipeline import STAGES
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"

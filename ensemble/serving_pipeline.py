@@ -24,9 +24,10 @@ from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_state import EncodedRequest, EncoderState, Geometry, IncrementalEncoder
 from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep, Runner
-from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
+from genrec.ensemble.request_types import Recommendation, RecommendRequest
+from genrec.ensemble.request_validation import validate_for_catalogue
 from genrec.ensemble.retrieval import AnnIndex, search_excluding
-from genrec.settings import Config, PipelineConfig
+from genrec.settings import Config
 
 STAGES = ("encode", "generate", "retrieve", "prerank", "rank")
 
@@ -60,34 +61,28 @@ class ServingPipeline:
     def _encoder_block(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         return tuple(self.run(ENCODER, feeds))
 
-    def validate(self, item, action, timestamp, device, **kw) -> RecommendRequest:
-        c = self.cat
-        return validate_request(
-            item, action, timestamp, device, n_items=c.n_items, n_devices=c.n_devices, n_segments=c.n_segments, cfg=self.cfg.pipeline, **kw
-        )
+    def validate(self, item: object, action: object, timestamp: object, device: object, **kw: Any) -> RecommendRequest:
+        return validate_for_catalogue(self.cat, self.cfg.pipeline, item, action, timestamp, device, **kw)
 
     # ---- stages -------------------------------------------------------------------------------
     def encode(self, req: RecommendRequest) -> tuple[EncodedRequest, str]:
         return encode_with_cache(self.encoder, self.encoder_cache, req)
 
     def generate(self, enc: EncodedRequest, req: RecommendRequest) -> tuple[Generated, int]:
-        opts = req.options or validate_options(self.cfg.pipeline)
         step_cls = OnnxDecoderStep if self.kv_cache else OnnxUncachedStep
         stepper = step_cls(self.decoder, enc.memory[None], enc.memory_logw[None])
         excluded = [req.excluded]
-        result = beam_search(stepper, self.cat.trie, opts.beam_widths, 1, excluded)
+        result = beam_search(stepper, self.cat.trie, req.options.beam_widths, 1, excluded)
         return generated_items(result, self.cat.trie, excluded)[0], result.pruned
 
     def retrieve(self, user: np.ndarray, req: RecommendRequest) -> np.ndarray:
-        opts = req.options or validate_options(self.cfg.pipeline)
-        if not opts.ann_candidates:
+        if not req.options.ann_candidates:
             return np.zeros(0, dtype=np.int64)
-        return search_excluding(self.ann, user[None], opts.ann_candidates, [req.excluded])[0]
+        return search_excluding(self.ann, user[None], req.options.ann_candidates, [req.excluded])[0]
 
     def prerank(self, gen: Generated, user: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
-        opts = req.options or validate_options(self.cfg.pipeline)
         c = self.cat
-        return cascade(gen, user, ann_items, req, opts, c.item_vectors, c.items, c.prerank_weight, c.popular)
+        return cascade(gen, user, ann_items, req, req.options, c.item_vectors, c.items, c.prerank_weight, c.popular)
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
         (score,) = self.run(RANKER, {"features": np.ascontiguousarray(trace.features, dtype=np.float32)})
@@ -97,28 +92,28 @@ class ServingPipeline:
 
     # ---- the whole request --------------------------------------------------------------------
     def recommend(self, req: RecommendRequest) -> Recommendation:
-        return timed_recommendation(req, self.cfg.pipeline, self.encode, self.generate, self.retrieve, self.prerank, self.rank)
+        return timed_recommendation(req, self.encode, self.generate, self.retrieve, self.prerank, self.rank)
 
 
 def encode_with_cache(encoder: IncrementalEncoder, cache: StateCache | None, req: RecommendRequest) -> tuple[EncodedRequest, str]:
     """Encoder output and the cache outcome ("hit", "miss", "off"): only the events after the
     cached prefix run. A miss rebuilds the state from the whole history, so hit and miss give the
     same output. Shared by the serving path and the PyTorch reference."""
-    cache = cache if req.user_id is not None else None
-    state, n_cached = (None, 0) if cache is None else cache.take(req.user_id, req.history)  # type: ignore[arg-type]
+    user = req.user_id
+    cache = cache if user is not None else None
+    state, n_cached = (None, 0) if cache is None or user is None else cache.take(user, req.history)
     outcome = "off" if cache is None else ("hit" if state is not None else "miss")
     state = state or encoder.init_state()
     h = req.history
     encoder.extend(state, History(h.item[n_cached:], h.action[n_cached:], h.timestamp[n_cached:], h.device[n_cached:]), req.segment)
     out = encoder.query(state, req.ctx_device, req.request_time(), req.segment)
-    if cache is not None and len(h):
-        cache.store(req.user_id, h, state)  # type: ignore[arg-type]
+    if cache is not None and user is not None and len(h):
+        cache.store(user, h, state)
     return out, outcome
 
 
 def timed_recommendation(
     req: RecommendRequest,
-    cfg: PipelineConfig,
     encode: Callable[[RecommendRequest], tuple[Any, str]],
     generate: Callable[[Any, RecommendRequest], tuple[Generated, int]],
     retrieve: Callable[[np.ndarray, RecommendRequest], np.ndarray],
@@ -127,7 +122,6 @@ def timed_recommendation(
 ) -> Recommendation:
     """One request through the stages, timed, with the candidate counts the metrics report. The
     encoder output needs ``user`` ((d,) or (1, d)) and ``memory_logw``; generate gets it as is."""
-    opts = req.options or validate_options(cfg)
     t = [time.perf_counter()]
     enc, outcome = encode(req)
     t.append(time.perf_counter())
@@ -138,7 +132,7 @@ def timed_recommendation(
     t.append(time.perf_counter())
     trace = prerank(gen, user, ann, req)
     t.append(time.perf_counter())
-    items, scores = rank(trace, opts.final_k)
+    items, scores = rank(trace, req.options.final_k)
     t.append(time.perf_counter())
     counts = {
         "generated": len(gen.items),

@@ -221,7 +221,7 @@ def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path
     b = load_bundle(run)
     ds = dataset_of(b)
     split = leave_last_out(ds.events)
-    reqs, _ = heldout_requests(ds, split, split.eligible_users[:8], b.cfg.pipeline.max_history_events)
+    reqs, _ = heldout_requests(ds, split, split.eligible_users[:8], b.cfg.pipeline)
     pipe = ReferencePipeline(b)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}

@@ -22,7 +22,7 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
-from genrec.ensemble.prefix_trie import PrefixTrie
+from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.ranking_features import ItemTable
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.rqvae import SemanticIds
@@ -42,7 +42,6 @@ class ModelBundle:
     prerank_weight: float
     items: ItemTable
     semantic_ids: SemanticIds
-    trie: PrefixTrie
     item_vectors: np.ndarray  # (n_items, d) published to the ANN index
     n_devices: int
     n_segments: int
@@ -52,8 +51,10 @@ class ModelBundle:
     def n_items(self) -> int:
         return int(self.items.category.shape[0])
 
-    def popular_items(self, k: int) -> np.ndarray:
-        return np.argsort(-self.items.log_popularity, kind="stable")[:k]
+    def catalogue(self) -> Catalogue:
+        """The request path's view of this run (trie, item vectors, item table, popularity order),
+        the same type the served ``recommend`` loads from its published ``catalogue.npz``."""
+        return Catalogue.from_bundle(self)
 
     def refresh_item_vectors(self) -> None:
         with torch.no_grad():
@@ -105,7 +106,6 @@ def load_bundle(path: str | Path) -> ModelBundle:
         float(pipeline["prerank_weight"]),
         items,
         sem,
-        PrefixTrie.build(sem.codes, sem.codebook_sizes),
         np.zeros((0, 0), dtype=np.float32),
         manifest["n_devices"],
         manifest["n_segments"],

@@ -55,8 +55,7 @@ def evaluate(bundle: ModelBundle, max_users: int | None = None, progress=print) 
     ds = dataset_of(bundle)
     split = leave_last_out(ds.events)
     users = split.eligible_users[:max_users] if max_users else split.eligible_users
-    cap = bundle.cfg.pipeline.max_history_events
-    reqs, targets = heldout_requests(ds, split, users, cap)
+    reqs, targets = heldout_requests(ds, split, users, bundle.cfg.pipeline)
     order = np.argsort([len(r.history) for r in reqs], kind="stable")  # batch similar lengths
     rows: list[dict] = []
 
@@ -66,7 +65,7 @@ def evaluate(bundle: ModelBundle, max_users: int | None = None, progress=print) 
         progress(f"  {method:<28} recall@10 {rec:.4f}  ndcg@10 {ndcg:.4f}  ({seconds:.1f}s)")
 
     t0 = time.perf_counter()
-    popular = bundle.popular_items(K)
+    popular = bundle.catalogue().popular[:K]
     add("popularity", [popular] * len(reqs), time.perf_counter() - t0)
 
     if bundle.sasrec is not None:

@@ -9,7 +9,9 @@ import numpy as np
 
 from genrec.data.schema import Dataset, History
 from genrec.data.split import Split
-from genrec.ensemble.request_validation import RecommendRequest
+from genrec.ensemble.request_types import RecommendRequest
+from genrec.ensemble.request_validation import validate_options
+from genrec.settings import PipelineConfig
 
 
 def history_slice(ds: Dataset, start: int, end: int) -> History:
@@ -21,16 +23,19 @@ def history_slice(ds: Dataset, start: int, end: int) -> History:
 
 
 def heldout_requests(
-    ds: Dataset, split: Split, users: np.ndarray, max_events: int, target: Literal["test", "validation"] = "test"
+    ds: Dataset, split: Split, users: np.ndarray, cfg: PipelineConfig, target: Literal["test", "validation"] = "test"
 ) -> tuple[list[RecommendRequest], np.ndarray]:
-    """For each user: the history before the target (latest ``max_events``), at the target's
-    device and time, and the target item."""
+    """For each user: the history before the target (the latest ``cfg.max_history_events``), at
+    the target's device and time, with the config's default options, and the target item."""
+    max_events, options = cfg.max_history_events, validate_options(cfg)
     reqs, targets = [], []
     for u in users:
         end, t = (split.test_target if target == "test" else split.validation_target)(ds.events, int(u))
         start = max(int(split.offsets[u]), end - max_events)
         reqs.append(
-            RecommendRequest(history_slice(ds, start, end), int(ds.users.segment[u]), int(ds.events.device[t]), int(ds.events.timestamp[t]))
+            RecommendRequest(
+                history_slice(ds, start, end), options, int(ds.users.segment[u]), int(ds.events.device[t]), int(ds.events.timestamp[t])
+            )
         )
         targets.append(int(ds.events.item[t]))
     return reqs, np.array(targets)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genrec.data.schema import Catalogue, Events
+from genrec.data.schema import Events, ItemMetadata
 
 
-def content_embeddings(cat: Catalogue, dim: int, seed: int = 0) -> np.ndarray:
+def content_embeddings(cat: ItemMetadata, dim: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed + 7919)
     cat_vec = rng.normal(size=(cat.n_categories, dim))
     author_vec = rng.normal(size=(cat.n_authors, dim))
@@ -40,7 +40,7 @@ def collaborative_embeddings(events: Events, n_items: int, dim: int, seed: int =
     return np.where(norm > 0, x / np.maximum(norm, 1e-9), 0.0).astype(np.float32)
 
 
-def item_feature_matrix(cat: Catalogue, train_events: Events, content_dim: int, collab_dim: int, seed: int = 0) -> np.ndarray:
+def item_feature_matrix(cat: ItemMetadata, train_events: Events, content_dim: int, collab_dim: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(
         [content_embeddings(cat, content_dim, seed), 0.7 * collaborative_embeddings(train_events, cat.n_items, collab_dim, seed)], axis=1
     ).astype(np.float32)

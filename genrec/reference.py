@@ -15,13 +15,16 @@ tokens, and the most popular items join the ANN candidates.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from genrec.bundle import ModelBundle
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
-from genrec.ensemble.cascade import CascadeTrace, cascade, popular_order, top_k
-from genrec.ensemble.request_validation import Recommendation, RecommendRequest, validate_options, validate_request
+from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
+from genrec.ensemble.request_types import Recommendation, RecommendRequest
+from genrec.ensemble.request_validation import validate_for_catalogue
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex, search_excluding
 from genrec.ensemble.serving_pipeline import StateCache, encode_with_cache, timed_recommendation
 from genrec.models.moe_decoder import MoEDecoder
@@ -71,15 +74,12 @@ class ReferencePipeline:
         self.compression = bundle.cfg.encoder.compression if compression is None else compression
         self.kv_cache = kv_cache
         self.encoder_cache = encoder_cache
-        self.ann = ann or ExactIndex(bundle.item_vectors)
-        self.popular = popular_order(bundle.items)
+        self.catalogue = bundle.catalogue()
+        self.ann = ann or ExactIndex(self.catalogue.item_vectors)
 
     # ---- validation ---------------------------------------------------------------------------
-    def validate(self, item, action, timestamp, device, **kw) -> RecommendRequest:
-        b = self.b
-        return validate_request(
-            item, action, timestamp, device, n_items=b.n_items, n_devices=b.n_devices, n_segments=b.n_segments, cfg=self.cfg, **kw
-        )
+    def validate(self, item: object, action: object, timestamp: object, device: object, **kw: Any) -> RecommendRequest:
+        return validate_for_catalogue(self.catalogue, self.cfg, item, action, timestamp, device, **kw)
 
     # ---- stages ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -98,16 +98,17 @@ class ReferencePipeline:
         return EncoderOutput(t(out.memory)[None], t(out.memory_logw)[None], t(out.user)[None]), outcome
 
     def generate(self, enc: EncoderOutput, reqs: list[RecommendRequest]) -> tuple[list[Generated], int]:
-        widths = reqs[0].options.beam_widths if reqs[0].options else self.cfg.beam_widths
+        widths = reqs[0].options.beam_widths
         stepper = (TorchCachedStep if self.kv_cache else TorchUncachedStep)(self.b.decoder, enc.memory, enc.memory_logw)
         excluded = [r.excluded for r in reqs]
-        result = beam_search(stepper, self.b.trie, widths, len(reqs), excluded)
-        return generated_items(result, self.b.trie, excluded), result.pruned
+        trie = self.catalogue.trie
+        result = beam_search(stepper, trie, widths, len(reqs), excluded)
+        return generated_items(result, trie, excluded), result.pruned
 
     def cascade(self, gen: Generated, user_vec: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
-        b = self.b
-        opts = req.options or validate_options(self.cfg)
-        return cascade(gen, user_vec, ann_items, req, opts, b.item_vectors, b.items, b.prerank_weight, self.popular)
+        c = self.catalogue
+        # the bundle's weight, not the catalogue snapshot's: training fits it after building this pipeline
+        return cascade(gen, user_vec, ann_items, req, req.options, c.item_vectors, c.items, self.b.prerank_weight, c.popular)
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.b.ranker is None:  # before the ranker is trained (training uses the pre-rank order)
@@ -127,7 +128,7 @@ class ReferencePipeline:
 
     def retrieve(self, user: np.ndarray, reqs: list[RecommendRequest]) -> list[np.ndarray]:
         """ANN neighbours of each user vector, minus the request's excluded items."""
-        ann_k = reqs[0].options.ann_candidates if reqs[0].options else self.cfg.ann_candidates
+        ann_k = reqs[0].options.ann_candidates
         if not ann_k:
             return [np.zeros(0, dtype=np.int64)] * len(reqs)
         return search_excluding(self.ann, user, ann_k, [r.excluded for r in reqs])
@@ -146,7 +147,6 @@ class ReferencePipeline:
 
         return timed_recommendation(
             req,
-            self.cfg,
             encode,
             generate,
             lambda user, r: self.retrieve(user[None], [r])[0],
@@ -156,5 +156,4 @@ class ReferencePipeline:
 
     def recommend_batch(self, reqs: list[RecommendRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
         _, traces = self.traces(reqs)
-        k = reqs[0].options.final_k if reqs[0].options else self.cfg.final_k
-        return [self.rank(tr, k) for tr in traces]
+        return [self.rank(tr, r.options.final_k) for tr, r in zip(traces, reqs)]

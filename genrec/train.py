@@ -27,7 +27,6 @@ from genrec.data.schema import Dataset
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
 from genrec.ensemble.cascade import prerank_scores, top_k
-from genrec.ensemble.prefix_trie import PrefixTrie
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.heldout import heldout_requests, history_slice
 from genrec.item_features import item_feature_matrix
@@ -118,10 +117,10 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
 def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]:
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    model = sasrec_for(cfg, ds.catalogue.n_items)
+    model = sasrec_for(cfg, ds.item_metadata.n_items)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     rng = np.random.default_rng(tc.seed)
-    n_items, max_len = ds.catalogue.n_items, tc.max_train_events
+    n_items, max_len = ds.item_metadata.n_items, tc.max_train_events
     seqs = [ds.events.item[int(split.offsets[u]) : int(split.train_end[u])] for u in split.eligible_users]
     loss_val = float("nan")
     for epoch in range(tc.sasrec_epochs):
@@ -150,7 +149,7 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> 
     rng = np.random.default_rng(cfg.train.seed + 1)
     users = rng.choice(split.eligible_users, size=min(cfg.train.ranker_users, split.eligible_users.size), replace=False)
     pipeline = ReferencePipeline(bundle)
-    reqs, targets = heldout_requests(ds, split, users, pipeline.cfg.max_history_events, target="validation")
+    reqs, targets = heldout_requests(ds, split, users, pipeline.cfg, target="validation")
     traces = []
     for i in range(0, len(reqs), 32):
         _, tr = pipeline.traces(reqs[i : i + 32])
@@ -212,7 +211,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
 
     t0 = time.perf_counter()
     log(f"[semantic ids] RQ-VAE codebooks {cfg.semantic_id.codebook_sizes}")
-    feats = item_feature_matrix(ds.catalogue, train_events, cfg.semantic_id.content_dim, cfg.semantic_id.collab_dim, cfg.train.seed)
+    feats = item_feature_matrix(ds.item_metadata, train_events, cfg.semantic_id.content_dim, cfg.semantic_id.collab_dim, cfg.train.seed)
     rq, sem = train_rqvae(feats, cfg.semantic_id, cfg.train.seed, log)
     sid_report = sem.report()
     log("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in sid_report.items()))
@@ -234,20 +233,20 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
         sasrec, sasrec_loss = train_sasrec(ds, split, cfg)
         timed("sasrec", t0)
 
-    counts = np.bincount(train_events.item, minlength=ds.catalogue.n_items)
+    counts = np.bincount(train_events.item, minlength=ds.item_metadata.n_items)
     items = ItemTable(
-        ds.catalogue.category.astype(np.int64),
-        ds.catalogue.author.astype(np.int64),
-        ds.catalogue.kind.astype(np.int64),
+        ds.item_metadata.category.astype(np.int64),
+        ds.item_metadata.author.astype(np.int64),
+        ds.item_metadata.kind.astype(np.int64),
         np.log1p(counts).astype(np.float64),
-        ds.catalogue.n_categories,
+        ds.item_metadata.n_categories,
     )
     manifest = {
         "config": cfg.name,
         "dataset": ds.name,
         "movielens_path": str(Path(movielens).resolve()) if movielens else None,
         "data_hash": ds.content_hash(),
-        "n_items": ds.catalogue.n_items,
+        "n_items": ds.item_metadata.n_items,
         "n_users": ds.events.n_users,
         "n_events": len(ds.events),
         "n_segments": ds.users.n_segments,
@@ -266,7 +265,6 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
         1.0,
         items,
         sem,
-        PrefixTrie.build(sem.codes, sem.codebook_sizes),
         np.zeros((0, 0), np.float32),
         cfg.data.n_devices,
         ds.users.n_segments,

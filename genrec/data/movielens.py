@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.data.schema import Action, Catalogue, Dataset, Events, ItemKind, Users
+from genrec.data.schema import Action, Dataset, Events, ItemKind, ItemMetadata, Users
 from genrec.errors import InvalidValueError
 
 _RATING_TO_ACTION = np.array([Action.VIEW, Action.VIEW, Action.VIEW, Action.CLICK, Action.LIKE, Action.PURCHASE], dtype=np.int8)
@@ -71,7 +71,7 @@ def load_movielens(path: str | Path, n_devices: int = 3) -> Dataset:
     n_categories = int(category.max()) + 1
     nan = np.full(n, np.nan, dtype=np.float32)
     minus = np.full(n, -1, dtype=np.int32)
-    cat = Catalogue(
+    cat = ItemMetadata(
         category=category,
         author=np.zeros(n, dtype=np.int32),
         text_tokens=(category[:, None] * np.ones((1, 1), dtype=np.int32)).astype(np.int32),
@@ -97,4 +97,4 @@ def load_movielens(path: str | Path, n_devices: int = 3) -> Dataset:
         n_users=n_users,
     )
     users = Users(segment=np.zeros(n_users, dtype=np.int32), main_device=np.zeros(n_users, dtype=np.int8), n_segments=1)
-    return Dataset(name=f"movielens:{path.name}", catalogue=cat, users=users, events=events)
+    return Dataset(name=f"movielens:{path.name}", item_metadata=cat, users=users, events=events)

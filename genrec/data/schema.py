@@ -31,7 +31,7 @@ N_KINDS = len(ItemKind)
 
 
 @dataclass(frozen=True)
-class Catalogue:
+class ItemMetadata:
     category: np.ndarray  # (n,) int32
     author: np.ndarray  # (n,) int32
     text_tokens: np.ndarray  # (n, T) int32, text-like features (bag of tokens)
@@ -87,14 +87,14 @@ class Users:
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    catalogue: Catalogue
+    item_metadata: ItemMetadata
     users: Users
     events: Events
 
     def content_hash(self) -> str:
         """A hash of every array, recorded in each artefact folder."""
         h = hashlib.sha256(self.name.encode())
-        for part in (self.catalogue, self.users, self.events):
+        for part in (self.item_metadata, self.users, self.events):
             for f in fields(part):
                 value = getattr(part, f.name)
                 if isinstance(value, np.ndarray):

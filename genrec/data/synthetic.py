@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from genrec.data.schema import Action, Catalogue, Dataset, Events, ItemKind, Users
+from genrec.data.schema import Action, Dataset, Events, ItemKind, ItemMetadata, Users
 from genrec.settings import DataConfig
 
 _DAY = 86_400
 _START = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
-def _catalogue(cfg: DataConfig, rng: np.random.Generator) -> tuple[Catalogue, np.ndarray]:
+def _catalogue(cfg: DataConfig, rng: np.random.Generator) -> tuple[ItemMetadata, np.ndarray]:
     n = cfg.n_items
     author_category = rng.integers(0, cfg.n_categories, size=cfg.n_authors)
     author = rng.integers(0, cfg.n_authors, size=n).astype(np.int32)
@@ -53,7 +53,7 @@ def _catalogue(cfg: DataConfig, rng: np.random.Generator) -> tuple[Catalogue, np
     targets[:, 0] = np.where(is_ad, category, -1)  # an ad always targets its own category
     price = np.where(is_product, np.round(rng.lognormal(np.log(30.0), 0.8, size=n), 2), np.nan).astype(np.float32)
 
-    cat = Catalogue(
+    cat = ItemMetadata(
         category=category,
         author=author,
         text_tokens=text_tokens,
@@ -169,7 +169,7 @@ def generate(cfg: DataConfig) -> Dataset:
     events = Events(users, items, actions, stamps, devices, n_users)
     return Dataset(
         name=f"synthetic-{n}x{n_users}-seed{cfg.seed}",
-        catalogue=cat,
+        item_metadata=cat,
         users=Users(segment=segment, main_device=main_device, n_segments=cfg.n_segments),
         events=events,
     )

@@ -43,7 +43,7 @@ def server(repository, triton_server):
 def heldout(tiny_bundle):
     ds = dataset_of(tiny_bundle)
     split = leave_last_out(ds.events)
-    return heldout_requests(ds, split, split.eligible_users[:N_USERS], tiny_bundle.cfg.pipeline.max_history_events)
+    return heldout_requests(ds, split, split.eligible_users[:N_USERS], tiny_bundle.cfg.pipeline)
 
 
 def _call(client: RecommendClient, req, **kw):

@@ -1,12 +1,12 @@
 """The PyTorch reference pipeline on a freshly trained `tiny` run."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from genrec.data.schema import History
 from genrec.data.split import leave_last_out
 from genrec.ensemble.encoder_cache import EncoderCache
-from genrec.ensemble.request_validation import RecommendRequest
 from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemError
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def requests_(tiny_bundle):
     ds = dataset_of(tiny_bundle)
     split = leave_last_out(ds.events)
-    reqs, targets = heldout_requests(ds, split, split.eligible_users[:40], tiny_bundle.cfg.pipeline.max_history_events)
+    reqs, targets = heldout_requests(ds, split, split.eligible_users[:40], tiny_bundle.cfg.pipeline)
     return reqs, targets
 
 
@@ -56,9 +56,9 @@ def test_encoder_cache_hit_equals_miss(tiny_bundle, requests_):
         h = req.history
         if len(h) < 4:
             continue
-        early = RecommendRequest(h.head(len(h) - 3), req.segment, req.ctx_device, req.ctx_time, user_id=f"u{i}")
+        early = replace(req, history=h.head(len(h) - 3), user_id=f"u{i}")
         cached.recommend(early)  # miss: builds and stores the state for the prefix
-        full = RecommendRequest(h, req.segment, req.ctx_device, req.ctx_time, user_id=f"u{i}")
+        full = replace(req, user_id=f"u{i}")
         hit = cached.recommend(full)  # hit: only the 3 new events are encoded
         assert hit.items.tolist() == plain.recommend(req).items.tolist()
     assert cached.encoder_cache.stats.hits >= 3
@@ -77,7 +77,7 @@ def test_excluded_items_are_never_generated_or_returned(tiny_bundle, requests_):
     req = requests_[0][0]
     first = pipe.recommend(req).items
     excluded = np.concatenate([first, req.history.item[-5:]])
-    r2 = RecommendRequest(req.history, req.segment, req.ctx_device, req.ctx_time, excluded=excluded)
+    r2 = replace(req, excluded=excluded)
     enc = pipe.encode([r2])
     gens, _ = pipe.generate(enc, [r2])
     assert not np.isin(gens[0].items, excluded).any()
@@ -87,7 +87,7 @@ def test_excluded_items_are_never_generated_or_returned(tiny_bundle, requests_):
 def test_cold_start_empty_history(tiny_bundle):
     pipe = ReferencePipeline(tiny_bundle)
     req = pipe.validate([], [], [], [], segment=1, ctx_device=0)
-    rec = pipe.recommend(RecommendRequest(History.empty(), 1, 0, ctx_time=1_767_225_600))
+    rec = pipe.recommend(replace(req, ctx_time=1_767_225_600))
     assert len(rec.items) == 10 and np.unique(rec.items).size == 10
     assert len(req.history) == 0
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from genrec.data.split import leave_last_out
 from genrec.ensemble.encoder_cache import EncoderCache
-from genrec.ensemble.request_validation import RecommendRequest
+from genrec.ensemble.request_types import RecommendRequest  # noqa: F401
 from genrec.ensemble.state_store import RedisEncoderCache
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
@@ -21,12 +23,12 @@ pytest.importorskip("redis")
 def requests_(tiny_bundle):
     ds = dataset_of(tiny_bundle)
     split = leave_last_out(ds.events)
-    reqs, _ = heldout_requests(ds, split, split.eligible_users[:12], tiny_bundle.cfg.pipeline.max_history_events)
+    reqs, _ = heldout_requests(ds, split, split.eligible_users[:12], tiny_bundle.cfg.pipeline)
     return [r for r in reqs if len(r.history) > 3]
 
 
 def _with_user(r: RecommendRequest, uid: str, cut: int = 0) -> RecommendRequest:
-    return RecommendRequest(r.history.head(len(r.history) - cut), r.segment, r.ctx_device, r.ctx_time, user_id=uid)
+    return replace(r, history=r.history.head(len(r.history) - cut), user_id=uid)
 
 
 def test_a_state_written_by_one_instance_is_a_hit_for_another(tiny_bundle, requests_, redis_url):

@@ -83,7 +83,7 @@ def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol
     b = tiny_bundle
     ds = dataset_of(b)
     split = leave_last_out(ds.events)
-    reqs, _ = heldout_requests(ds, split, split.eligible_users[10:14], b.cfg.pipeline.max_history_events)
+    reqs, _ = heldout_requests(ds, split, split.eligible_users[10:14], b.cfg.pipeline)
     enc_g = EncoderBlockGraph(b.encoder).eval()
     names = [t.name for t in all_contracts(b.cfg)[0].inputs]
     for feeds in encoder_cases(b, [r.history for r in reqs], seed=5):
