@@ -1,0 +1,115 @@
+"""Redis behind one small class: users' histories, relations, impressions, idempotency
+records and served feed pages. Key schema, TTLs and memory per user: feed/README.md.
+
+Every key of a user carries the hash tag ``{u:<user_id>}``, so all keys one script touches
+sit on one Redis Cluster slot. An events batch is one Lua script (``lua/apply_events.lua``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from genrec.feed.events import BatchPlan
+from genrec.feed.history import History, unpack
+
+PREFIX = "feed"
+
+
+def user_key(user_id: str, suffix: str) -> str:
+    return f"{PREFIX}:{{u:{user_id}}}:{suffix}"
+
+
+def _script(name: str) -> str:
+    return resources.files("genrec.feed").joinpath("lua").joinpath(name).read_text()
+
+
+@dataclass(frozen=True)
+class UserState:
+    history: History
+    negatives: list[int]  # newest first
+    segment: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    status: str  # "applied" | "replay" | "conflict"
+    answer: dict[str, Any] | None
+
+
+class EventStore:
+    def __init__(
+        self, url: str, timeout_s: float, history_cap: int, impression_cap: int, relation_cap: int, idempotency_ttl_s: int
+    ) -> None:
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False, health_check_interval=0
+        )
+        self.history_cap = history_cap
+        self.impression_cap = impression_cap
+        self.relation_cap = relation_cap
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self._apply = self.redis.register_script(_script("apply_events.lua"))
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int) -> UserState:
+        async with self.redis.pipeline(transaction=False) as p:
+            p.lrange(user_key(user_id, "h"), 0, -1)
+            p.zrevrange(user_key(user_id, "neg"), 0, max_negatives - 1)
+            p.hget(user_key(user_id, "p"), "seg")
+            records, neg, seg = await p.execute()
+        return UserState(unpack(records, n_items, n_devices), [int(i) for i in neg], int(seg) if seg is not None else 0)
+
+    async def apply_batch(self, user_id: str, idempotency_key: str | None, body_hash: str, plan: BatchPlan, now: float) -> BatchResult:
+        answer = json.dumps(plan.answer(), separators=(",", ":"))
+        keys = [
+            user_key(user_id, f"idem:{idempotency_key or ''}"),
+            user_key(user_id, "h"),
+            user_key(user_id, "imp"),
+            user_key(user_id, "likes"),
+            user_key(user_id, "neg"),
+        ]
+        counts = [len(plan.history), len(plan.impressions), len(plan.likes), len(plan.negatives)]
+        args: list[Any] = [body_hash, answer, self.idempotency_ttl_s, self.history_cap, self.impression_cap, self.relation_cap, now]
+        args += counts + ["1" if idempotency_key else "0"]
+        args += plan.history + plan.impressions + [str(i) for i in plan.likes] + [str(i) for i in plan.negatives]
+        status, stored = await self._apply(keys=keys, args=args)
+        status = status.decode() if isinstance(status, bytes) else status
+        return BatchResult(status, json.loads(stored) if status != "conflict" else None)
+
+    async def get_page(self, user_id: str, session_id: str, page: int) -> bytes | None:
+        value = await self.redis.get(user_key(user_id, f"pg:{session_id}:{page}"))
+        return value if value is None else bytes(value)
+
+    async def put_page(self, user_id: str, session_id: str, page: int, body: bytes, ttl_s: int) -> bytes:
+        """Store a served page once (the first writer wins) and return the stored one."""
+        key = user_key(user_id, f"pg:{session_id}:{page}")
+        async with self.redis.pipeline(transaction=True) as p:
+            p.set(key, body, nx=True, ex=ttl_s)
+            p.get(key)
+            _, stored = await p.execute()
+        return bytes(stored) if stored is not None else body
+
+    async def seed_user(self, user_id: str, records: list[bytes], segment: int, seed_tag: str) -> bool:
+        """Write a seeded history once per data set (re-runs skip users already seeded from it,
+        keeping the events they received since). Returns whether it wrote."""
+        profile = user_key(user_id, "p")
+        if await self.redis.hget(profile, "seed") == seed_tag.encode():
+            return False
+        history = user_key(user_id, "h")
+        async with self.redis.pipeline(transaction=True) as p:
+            p.delete(history)
+            for i in range(0, len(records), 1000):
+                p.rpush(history, *records[i : i + 1000])
+            p.ltrim(history, -self.history_cap, -1)
+            p.hset(profile, mapping={"seg": segment, "seed": seed_tag})
+            await p.execute()
+        return True
