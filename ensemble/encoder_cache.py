@@ -46,8 +46,10 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    bytes: int = 0
-    entries: int = 0
+    # states held in this process's memory; None for an out-of-process store (Redis holds them,
+    # and its own INFO memory / DBSIZE are the figures there)
+    bytes: int | None = 0
+    entries: int | None = 0
     errors: int = 0  # store unreachable (out-of-process stores): served as a miss
 
 

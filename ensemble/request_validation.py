@@ -6,6 +6,7 @@ precise 4xx / KServe error. Caps come from ``PipelineConfig``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -194,6 +195,17 @@ KSERVE_PARAMETERS = {
     "top_k": "final_k",
 }
 HISTORY_INPUTS = ("history_items", "history_actions", "history_timestamps", "history_devices")
+
+
+def parse_parameters(raw: str | None) -> dict[str, object]:
+    """A KServe request's ``parameters`` (JSON text from Triton) as a dict, or a typed error."""
+    try:
+        params = json.loads(raw or "{}")
+    except json.JSONDecodeError as e:
+        raise InvalidValueError("parameters", f"not valid JSON ({e.msg})") from None
+    if not isinstance(params, dict):
+        raise InvalidValueError("parameters", "expected a JSON object")
+    return params
 
 
 def kserve_request_args(inputs: Mapping[str, np.ndarray | None], params: Mapping[str, object]) -> tuple[tuple, dict]:

@@ -50,8 +50,12 @@ CACHE_HITS = MetricSpec("genrec_encoder_cache_hits_total", COUNTER, "Encoder sta
 CACHE_MISSES = MetricSpec("genrec_encoder_cache_misses_total", COUNTER, "Encoder state cache misses (state rebuilt from the whole history)")
 CACHE_EVICTIONS = MetricSpec("genrec_encoder_cache_evictions_total", COUNTER, "Encoder states evicted (LRU, byte cap)")
 CACHE_ERRORS = MetricSpec("genrec_encoder_cache_errors_total", COUNTER, "Out-of-process state store unreachable (served as a miss)")
-CACHE_BYTES = MetricSpec("genrec_encoder_cache_bytes", GAUGE, "Bytes of encoder state held by this model instance")
-CACHE_ENTRIES = MetricSpec("genrec_encoder_cache_entries", GAUGE, "Users whose encoder state this model instance holds")
+CACHE_BYTES = MetricSpec(
+    "genrec_encoder_cache_bytes", GAUGE, "Bytes of encoder state held in this model instance's memory (absent when states live in Redis)"
+)
+CACHE_ENTRIES = MetricSpec(
+    "genrec_encoder_cache_entries", GAUGE, "Users whose encoder state this model instance holds in memory (absent when states live in Redis)"
+)
 BEAMS_PRUNED = MetricSpec("genrec_beams_pruned_total", COUNTER, "Beam continuations masked by the catalogue trie or the excluded items")
 REJECTED = MetricSpec("genrec_recommend_rejected_total", COUNTER, "Requests refused with an error (label reason)")
 
@@ -105,8 +109,9 @@ class ServingMetrics:
             ):
                 if now > before:
                     self._metric(spec).increment(float(now - before))
-            self._metric(CACHE_BYTES).set(float(cache.bytes))
-            self._metric(CACHE_ENTRIES).set(float(cache.entries))
+            if cache.bytes is not None and cache.entries is not None:  # in-process store only
+                self._metric(CACHE_BYTES).set(float(cache.bytes))
+                self._metric(CACHE_ENTRIES).set(float(cache.entries))
             self._seen = CacheStats(cache.hits, cache.misses, cache.evictions, cache.bytes, cache.entries, cache.errors)
 
     def rejected(self, reason: str) -> None:

@@ -27,7 +27,7 @@ class RedisEncoderCache:
 
         self.redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ttl_s, self.prefix = ttl_s, prefix
-        self.stats = CacheStats()
+        self.stats = CacheStats(bytes=None, entries=None)
 
     def _key(self, user: str) -> str:
         return self.prefix + user
@@ -55,6 +55,5 @@ class RedisEncoderCache:
         payload = history_fingerprint(history, len(history)).encode() + len(history).to_bytes(8, "little") + state.to_bytes()
         try:
             self.redis.set(self._key(user), payload, ex=self.ttl_s)
-            self.stats.bytes = len(payload)  # the last state written (Redis holds the total)
         except redis.RedisError:
             self.stats.errors += 1

@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from genrec.ensemble.encoder_cache import CacheStats
-from genrec.ensemble.request_validation import Recommendation
+from genrec.ensemble.request_types import Recommendation
 from genrec.ensemble.serving_metrics import ALL, COUNTER, HISTOGRAM, ServingMetrics
 from genrec.ensemble.serving_pipeline import STAGES
 
@@ -71,3 +71,17 @@ def test_cache_counters_increase_by_the_delta_and_stages_are_observed_in_seconds
     assert all(x.labels["model_version"] == "3" and x.values[0] == ("observe", 0.002) for x in stages)
     m.rejected("invalid_argument")
     assert fams["genrec_recommend_rejected_total"].metrics[0].labels["reason"] == "invalid_argument"
+
+
+def test_an_out_of_process_store_reports_no_in_memory_size():
+    """With Redis the states are not in this instance: its size gauges must not claim they are."""
+    fams: dict[str, FakeFamily] = {}
+
+    def make(spec):
+        fams[spec.name] = FakeFamily(spec)
+        return fams[spec.name]
+
+    m = ServingMetrics(make, {"model_version": "1"})
+    m.record(_rec(1), CacheStats(hits=1, misses=0, bytes=None, entries=None))
+    assert fams["genrec_encoder_cache_hits_total"].metrics[0].values == [("increment", 1.0)]
+    assert not fams["genrec_encoder_cache_bytes"].metrics and not fams["genrec_encoder_cache_entries"].metrics

@@ -8,10 +8,10 @@ every ``recommend`` version with that version's catalogue and pinned graph versi
 
 from __future__ import annotations
 
-import json
 import os
 import site
 import sys
+import traceback
 
 # The pip runtime's stub embeds the system libpython in isolated mode: it ignores PYTHONPATH and
 # .pth files. Put the virtualenv first, then run its .pth files (the editable install's import
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from genrec.contracts import recommend_contract  # noqa: E402
-from genrec.ensemble.request_validation import kserve_request_args  # noqa: E402
+from genrec.ensemble.request_validation import kserve_request_args, parse_parameters  # noqa: E402
 from genrec.ensemble.serving_metrics import COUNTER, GAUGE, HISTOGRAM, ServingMetrics  # noqa: E402
 from genrec.ensemble.serving_setup import build_pipeline, load_setup  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
@@ -71,15 +71,16 @@ class TritonPythonModel:
     def _one(self, request):
         try:
             inputs = {n: _input(request, n) for n in self.input_names}
-            args, kwargs = kserve_request_args(inputs, json.loads(request.parameters() or "{}"))
+            args, kwargs = kserve_request_args(inputs, parse_parameters(request.parameters()))
             req = self.pipeline.validate(*args, **kwargs)
-        except (GenrecError, ValueError) as e:  # the caller's mistake: 400 / INVALID_ARGUMENT
+        except GenrecError as e:  # the caller's mistake (typed, names the field): 400 / INVALID_ARGUMENT
             self.metrics.rejected("invalid_argument")
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         try:
             rec = self.pipeline.recommend(req)
-        except Exception as e:  # a failing sub-model: this request fails, the model keeps serving
+        except Exception as e:  # a failing sub-model or a bug: this request fails, the model keeps serving
             self.metrics.rejected("internal")
+            pb_utils.Logger.log_error(f"recommend request_id={request.request_id() or '-'} failed: {traceback.format_exc()}")
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommend failed: {e}", pb_utils.TritonError.INTERNAL))
         cache = self.pipeline.encoder_cache
         self.metrics.record(rec, None if cache is None else cache.stats)
