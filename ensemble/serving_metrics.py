@@ -54,7 +54,9 @@ CACHE_BYTES = MetricSpec(
     "genrec_encoder_cache_bytes", GAUGE, "Bytes of encoder state held in this model instance's memory (absent when states live in Redis)"
 )
 CACHE_ENTRIES = MetricSpec(
-    "genrec_encoder_cache_entries", GAUGE, "Users whose encoder state this model instance holds in memory (absent when states live in Redis)"
+    "genrec_encoder_cache_entries",
+    GAUGE,
+    "Users whose encoder state this model instance holds in memory (absent when states live in Redis)",
 )
 BEAMS_PRUNED = MetricSpec("genrec_beams_pruned_total", COUNTER, "Beam continuations masked by the catalogue trie or the excluded items")
 REJECTED = MetricSpec("genrec_recommend_rejected_total", COUNTER, "Requests refused with an error (label reason)")

@@ -20,11 +20,10 @@ from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_decoder import Runner
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex
-from genrec.ensemble.serving_pipeline import ServingPipeline
-from genrec.settings import Config, config_from_dict, env_overrides, with_overrides
+from genrec.ensemble.serving_pipeline import ServingPipeline, StateCache
+from genrec.settings import AnnBackend, Config, Execution, StateStore, config_from_dict, env_overrides, with_overrides
 
 SERVING_FILE = "serving.json"
-EXECUTION_MODES = ("in_process", "bls")
 
 
 @dataclass(frozen=True)
@@ -53,15 +52,13 @@ def write_serving_file(version_dir: Path, cfg: Config, pinned: Mapping[str, int]
 
 def load_setup(version_dir: Path, environ: Mapping[str, str] | None = None, repository: Path | None = None) -> ServingSetup:
     d = json.loads((Path(version_dir) / SERVING_FILE).read_text())
-    cfg = with_overrides(config_from_dict(d["config"]), env_overrides(environ))  # GENREC_SERVING__* etc.
-    if cfg.serving.execution not in EXECUTION_MODES:
-        raise ValueError(f"GENREC_SERVING__EXECUTION={cfg.serving.execution!r}: expected one of {EXECUTION_MODES}")
+    cfg = with_overrides(config_from_dict(d["config"]), env_overrides(environ))  # GENREC_SERVING__* etc., modes checked there
     return ServingSetup(cfg, {k: int(v) for k, v in d["pinned_versions"].items()}, Path(version_dir), repository)
 
 
 def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
     s = cfg.serving
-    if s.ann == "exact":
+    if s.ann is AnnBackend.EXACT:
         return ExactIndex(catalogue.item_vectors)
     from genrec.ensemble.milvus_index import MilvusIndex
 
@@ -70,24 +67,22 @@ def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
         state = Path(s.state_dir or tempfile.mkdtemp(prefix="genrec-"))
         state.mkdir(parents=True, exist_ok=True)
         uri = str(state / f"milvus-{instance}-{os.getpid()}.db")
-    return MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=os.environ.get("GENREC_MILVUS_TOKEN", ""))
+    return MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=s.milvus_token)
 
 
-def make_state_store(cfg: Config):
+def make_state_store(cfg: Config) -> StateCache | None:
     s = cfg.serving
-    if s.state_store == "redis":
+    if s.state_store is StateStore.REDIS:
         from genrec.ensemble.state_store import RedisEncoderCache
 
         return RedisEncoderCache(s.redis_url, s.state_ttl_s)
-    if s.state_store != "memory":
-        raise ValueError(f"GENREC_SERVING__STATE_STORE={s.state_store!r}: expected 'memory' or 'redis'")
     return EncoderCache(s.encoder_cache_bytes) if s.encoder_cache_bytes > 0 else None
 
 
 def build_pipeline(setup: ServingSetup, bls: Runner | None = None, instance: str = "0") -> ServingPipeline:
     """The pipeline for a version: in-process sessions on the pinned graphs, or ``bls`` calls."""
     cfg = setup.cfg
-    if cfg.serving.execution == "bls":
+    if cfg.serving.execution is Execution.BLS:
         if bls is None:
             raise ValueError("execution 'bls' needs a BLS runner (only inside Triton)")
         run = bls

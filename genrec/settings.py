@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import Enum
 from typing import Any
 
 ENV_PREFIX = "GENREC_"
@@ -110,25 +111,54 @@ class PipelineConfig:
     max_excluded_items: int = 1_000
 
 
+class Execution(str, Enum):
+    """Where the ONNX graphs of ``recommend`` run (bench/results/bls_cost.json measures both)."""
+
+    IN_PROCESS = "in_process"  # onnxruntime sessions inside the recommend model
+    BLS = "bls"  # each graph call is a BLS request to the served model
+
+
+class StateStore(str, Enum):
+    """Where users' encoder states live."""
+
+    MEMORY = "memory"  # an LRU per model instance, capped by encoder_cache_bytes
+    REDIS = "redis"  # shared by every instance and server; capped by Redis's maxmemory
+
+
+class AnnBackend(str, Enum):
+    MILVUS = "milvus"  # a milvus-lite file per model instance, or a Milvus server at milvus_uri
+    EXACT = "exact"  # brute force in numpy (tests, tiny catalogues)
+
+
+def _enum_field(cls: type[Enum], name: str, value: object) -> Enum:
+    """A mode given as its string value (environment, JSON) or as the enum, checked once here."""
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]  # Enum classes iterate their members
+        raise ValueError(f"serving.{name}={value!r}: expected one of {choices}") from None
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """How the Triton ``recommend`` model runs (``GENREC_SERVING__<FIELD>`` at server start)."""
 
-    # "in_process": the ONNX graphs run as onnxruntime sessions inside the recommend model;
-    # "bls": each graph call is a BLS request to the served model. See bench/results/bls_cost.json.
-    execution: str = "in_process"
+    execution: Execution = Execution.IN_PROCESS
     ort_threads: int = 1  # intra-op threads per in-process session
     kv_cache: bool = True  # False: the uncached decoder (the benchmark baseline)
     encoder_cache_bytes: int = 256 * 2**20  # per model instance; ~107 KB per user in `small`
-    # where users' encoder states live: "memory" (an LRU per model instance, capped by
-    # encoder_cache_bytes) or "redis" (shared by every instance and server; capped by Redis)
-    state_store: str = "memory"
+    state_store: StateStore = StateStore.MEMORY
     redis_url: str = "redis://localhost:6379/0"
     state_ttl_s: int = 7 * 86_400
-    ann: str = "milvus"  # "milvus" (milvus-lite file, or a server at milvus_uri) or "exact"
+    ann: AnnBackend = AnnBackend.MILVUS
     milvus_uri: str = ""  # "" = a milvus-lite file per model instance under state_dir
+    milvus_token: str = ""  # for a Milvus server that needs one (GENREC_SERVING__MILVUS_TOKEN)
     milvus_collection: str = "genrec_items"
     state_dir: str = ""  # "" = a fresh temporary directory
+
+    def __post_init__(self) -> None:
+        for name, cls in (("execution", Execution), ("state_store", StateStore), ("ann", AnnBackend)):
+            object.__setattr__(self, name, _enum_field(cls, name, getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -221,6 +251,8 @@ def _coerce(value: str, current: Any) -> Any:
         if value.lower() in {"0", "false", "no", "off"}:
             return False
         raise ValueError(f"not a boolean: {value!r}")
+    if isinstance(current, Enum):
+        return value  # checked, with the list of choices, by the section's __post_init__
     if isinstance(current, tuple):
         return tuple(type(current[0])(v) for v in value.split(","))
     return type(current)(value)

@@ -27,11 +27,11 @@ def test_events_sorted_and_typed(ds):
     same = ev.user[1:] == ev.user[:-1]
     assert np.all(np.diff(ev.timestamp)[same] > 0)
     assert set(np.unique(ev.action)) == {a.value for a in Action}
-    assert ev.item.max() < ds.catalogue.n_items
+    assert ev.item.max() < ds.item_metadata.n_items
 
 
 def test_popularity_is_heavy_tailed(ds):
-    counts = np.sort(np.bincount(ds.events.item, minlength=ds.catalogue.n_items))[::-1]
+    counts = np.sort(np.bincount(ds.events.item, minlength=ds.item_metadata.n_items))[::-1]
     top1pct = counts[: len(counts) // 100].sum() / counts.sum()
     assert top1pct > 0.05  # 1% of items take far more than 1% of events
 
@@ -40,13 +40,13 @@ def test_sequences_have_learnable_transitions(ds):
     """The most frequent successor of an item repeats far more often than chance."""
     ev = ds.events
     same = ev.user[1:] == ev.user[:-1]
-    pairs = ev.item[:-1][same].astype(np.int64) * ds.catalogue.n_items + ev.item[1:][same]
+    pairs = ev.item[:-1][same].astype(np.int64) * ds.item_metadata.n_items + ev.item[1:][same]
     _, counts = np.unique(pairs, return_counts=True)
     assert (counts >= 3).sum() > 100
 
 
 def test_kinds_carry_their_attributes(ds):
-    cat = ds.catalogue
+    cat = ds.item_metadata
     ads, products = cat.kind == ItemKind.AD, cat.kind == ItemKind.PRODUCT
     assert ads.any() and products.any() and (cat.kind == ItemKind.CONTENT).any()
     assert np.all(cat.bid_cpc[ads] > 0) and np.all(np.isnan(cat.bid_cpc[~ads]))
@@ -69,7 +69,7 @@ def test_leave_last_out(ds):
 def test_movielens_formats(tmp_path):
     (tmp_path / "u.data").write_text("1\t10\t5\t300\n1\t11\t3\t100\n2\t10\t1\t50\n1\t12\t4\t200\n")
     ds = load_movielens(tmp_path / "u.data")
-    assert ds.catalogue.n_items == 3 and ds.events.n_users == 2
+    assert ds.item_metadata.n_items == 3 and ds.events.n_users == 2
     # user 1's events ordered by time: items 11 (t100), 12 (t200), 10 (t300) -> dense ids 1, 2, 0
     assert ds.events.item[:3].tolist() == [1, 2, 0]
     assert ds.events.action[:3].tolist() == [Action.CLICK, Action.LIKE, Action.PURCHASE]

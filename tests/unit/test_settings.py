@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from genrec.settings import NAMED_CONFIGS, config_from_dict, env_overrides, named_config, with_overrides
@@ -39,3 +41,16 @@ def test_unknown_setting_and_config_fail_clearly():
         named_config("huge", environ={})
     with pytest.raises(ValueError, match="not a boolean"):
         with_overrides(named_config("tiny", environ={}), {"encoder.compression": "maybe"})
+
+
+def test_serving_modes_are_enums_checked_once_in_settings():
+    from genrec.settings import AnnBackend, Execution, StateStore
+
+    cfg = named_config("tiny", environ={"GENREC_SERVING__EXECUTION": "bls", "GENREC_SERVING__STATE_STORE": "redis"})
+    assert cfg.serving.execution is Execution.BLS and cfg.serving.state_store is StateStore.REDIS
+    assert cfg.serving.ann is AnnBackend.MILVUS
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))).serving == cfg.serving  # round-trips through JSON
+    with pytest.raises(ValueError, match="serving.execution='gpu': expected one of 'in_process', 'bls'"):
+        named_config("tiny", environ={"GENREC_SERVING__EXECUTION": "gpu"})
+    with pytest.raises(ValueError, match="serving.state_store"):
+        named_config("tiny", environ={"GENREC_SERVING__STATE_STORE": "memcached"})
