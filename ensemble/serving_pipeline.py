@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from genrec.contracts import ENCODER, RANKER
+from genrec.contracts import ENCODER, RANKER, all_contracts
 from genrec.data.schema import History
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
 from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
@@ -51,7 +51,10 @@ class ServingPipeline:
         kv_cache: bool = True,
         compression: bool | None = None,
     ) -> None:
-        self.cfg, self.cat, self.run, self.ann = cfg, catalogue, run, ann
+        self.cfg, self.cat, self.ann = cfg, catalogue, ann
+        contracts = {c.name: c for c in all_contracts(cfg)}
+        # every graph call checked against its contract (names, dtypes, ranks, caps), whichever runner
+        self.run: Runner = lambda model, feeds: run(model, contracts[model].check_feeds(feeds))
         self.encoder_cache = encoder_cache
         self.kv_cache = kv_cache
         self.encoder = IncrementalEncoder(self._encoder_block, Geometry.of(cfg.encoder, compression))

@@ -61,7 +61,7 @@ def session(path: Path, threads: int = 2, opt_level: str = "all") -> ort.Inferen
 def _dynamic_axes(c: ModelContract) -> dict[str, dict[int, str]]:
     axes = {}
     for t in (*c.inputs, *c.outputs):
-        dyn = {i: f"{t.name}_{i}" for i, d in enumerate(t.dims) if d == -1}
+        dyn = {i: f"{t.name}_{i}" for i, d in enumerate(t.triton_dims) if d == -1}
         if c.max_batch_size:
             dyn = {0: "batch", **{i + 1: n for i, n in dyn.items()}}
         if dyn:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 from genrec.contracts import ModelContract
 
 # concrete sizes used for warmup requests (a -1 dim needs a value)
 WARMUP_DIM = 2
+CAPS_PARAMETER = "genrec_input_caps"  # JSON {input: {axis: cap}}, read by ensemble/backends/onnxruntime
 
 
 def _tensor(t) -> str:
-    dims = ", ".join(str(d) for d in t.dims)
+    dims = ", ".join(str(d) for d in t.triton_dims)
     optional = "\n    optional: true" if t.optional else ""
     return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.dtype}\n    dims: [ {dims} ]{optional}\n  }}'
 
@@ -18,7 +21,7 @@ def _warmup(c: ModelContract) -> str:
     """A warmup request per model, so a version is not READY before it has run once."""
     inputs = []
     for t in c.inputs:
-        dims = ", ".join(str(WARMUP_DIM if d == -1 else d) for d in t.dims)
+        dims = ", ".join(str(WARMUP_DIM if d == -1 else d) for d in t.triton_dims)
         # ids, steps, times and key weights must be valid: zeros; fp32 activations may be random.
         # (A warmup that fails makes the pip runtime's server crash, so keep it valid.)
         data = "random_data: true" if t.dtype == "FP32" and t.name != "ctx_w" else "zero_data: true"
@@ -57,6 +60,8 @@ def render(c: ModelContract, platform: str = "onnxruntime_onnx") -> str:
         lines.append(
             f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n  max_queue_delay_microseconds: {c.max_queue_delay_us}\n}}"
         )
+    if c.caps and not c.backend:  # enforced by the pip runtime's onnxruntime backend on direct calls
+        lines.append(f'parameters {{\n  key: "{CAPS_PARAMETER}"\n  value: {{ string_value: {json.dumps(c.caps_parameter())} }}\n}}')
     if not c.backend:  # a Python model that calls others must not warm up before they load
         lines.append(_warmup(c))
     return "\n".join(lines) + "\n"

@@ -2,15 +2,26 @@
 
 The exporters name the ONNX inputs/outputs from these, ``config.pbtxt`` files are generated
 from them (``genrec.exporters.pbtxt``), and the request path builds its tensors from them.
-Dims are ``-1`` where dynamic; ``caps`` give the documented upper bound of each dynamic dim.
+A dynamic dim is named (``"tokens"``, ``"beams"``, ...) and ``caps`` gives its upper bound;
+``config.pbtxt`` shows it as ``-1``. ``ModelContract.check_feeds`` enforces names, dtypes, ranks
+and caps on every graph call of the request path (in-process and BLS alike), and the pip
+runtime's onnxruntime backend enforces the same caps on direct calls (they travel in the
+generated config's ``parameters``).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from genrec.ensemble.ranking_features import N_FEATURES
+from genrec.errors import InvalidValueError
 from genrec.settings import Config
+
+Dim = int | str  # a fixed size, or the name of a dynamic dim whose cap is in ModelContract.caps
 
 ENCODER = "ugt_encoder"
 DECODER_CROSS_KV = "decoder_cross_kv"
@@ -18,19 +29,30 @@ DECODER_STEP = "decoder_step"
 RANKER = "ranker"
 RECOMMEND = "recommend"
 RECOMMEND_INSTANCES = 1  # see README "Where a user's encoder state lives" for the measured choice
+MAX_REQUESTS_PER_CALL = 64  # requests batched into one decoder call (recommend sends 1)
+N_LEVELS = 3  # semantic-ID code levels the decoder generates
+
+
+def memory_cap(cfg: Config) -> int:
+    """Encoder memory entries a request can bring: without compression, 2 tokens per event + 2."""
+    return 2 * cfg.pipeline.max_history_events + 2
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # Triton type name without the TYPE_ prefix: INT64, FP32, FP64, STRING
-    dims: tuple[int, ...]
+    dims: tuple[Dim, ...]
     doc: str = ""
     optional: bool = False
 
     @property
     def numpy_dtype(self) -> str:
         return {"INT64": "int64", "FP32": "float32", "FP64": "float64", "STRING": "object"}[self.dtype]
+
+    @property
+    def triton_dims(self) -> tuple[int, ...]:
+        return tuple(-1 if isinstance(d, str) else d for d in self.dims)
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,7 @@ class ModelContract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0  # 0: shapes are explicit (no implicit batch dimension)
-    caps: dict[str, int] = field(default_factory=dict)  # dynamic dim name -> cap
+    caps: dict[str, int] = field(default_factory=dict)  # dynamic dim name -> cap (every named dim has one)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     doc: str = ""
@@ -48,16 +70,52 @@ class ModelContract:
     instances: int = 1
     versions_kept: int = 2  # the previous version keeps answering requests that name it
 
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
+    def __post_init__(self) -> None:
+        named = {d for t in (*self.inputs, *self.outputs) for d in t.dims if isinstance(d, str)}
+        if named - self.caps.keys():
+            raise ValueError(f"{self.name}: dynamic dims {sorted(named - self.caps.keys())} have no cap")
+
+    def input_caps(self) -> dict[str, dict[int, int]]:
+        """input name -> {axis: cap} for its dynamic dims (what a server must refuse beyond)."""
+        return {t.name: {i: self.caps[d] for i, d in enumerate(t.dims) if isinstance(d, str)} for t in self.inputs}
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds of one call, checked against the contract: the input names, each tensor's
+        rank, fixed dims and caps; cast to the contract's dtype. A violation names the input."""
+        required = {t.name for t in self.inputs if not t.optional}
+        known = {t.name for t in self.inputs}
+        if missing := required - feeds.keys():
+            raise InvalidValueError(f"{self.name} inputs", f"missing {sorted(missing)}")
+        if unknown := feeds.keys() - known:
+            raise InvalidValueError(f"{self.name} inputs", f"unknown {sorted(unknown)}")
+        out = {}
+        for t in self.inputs:
+            if t.name not in feeds:
+                continue
+            arr = np.ascontiguousarray(feeds[t.name], dtype=t.numpy_dtype)
+            batch = (-1,) if self.max_batch_size else ()
+            dims = (*batch, *t.dims)
+            if arr.ndim != len(dims):
+                raise InvalidValueError(t.name, f"expected {len(dims)} dims {list(dims)}, got shape {list(arr.shape)}")
+            for size, d in zip(arr.shape, dims):
+                if isinstance(d, str) and size > self.caps[d]:
+                    raise InvalidValueError(t.name, f"{d} = {size}, over the cap of {self.caps[d]}")
+                if isinstance(d, int) and d >= 0 and size != d:
+                    raise InvalidValueError(t.name, f"expected shape {list(dims)}, got {list(arr.shape)}")
+            out[t.name] = arr
+        return out
+
+    def caps_parameter(self) -> str:
+        """``input_caps`` as JSON, for the generated config's parameters."""
+        return json.dumps({name: {str(a): c for a, c in axes.items()} for name, axes in self.input_caps().items() if axes})
 
 
 def encoder_contract(cfg: Config) -> ModelContract:
     layers, d = cfg.encoder.n_layers, cfg.encoder.d_model
-    tok = lambda name, dtype, doc: TensorSpec(name, dtype, (-1,), doc)  # noqa: E731
+    tok = lambda name, dtype, doc: TensorSpec(name, dtype, ("tokens",), doc)  # noqa: E731
     g_cap = max(cfg.encoder.block_tokens, 2)
     # exact context keys: with compression at most recent+block+slots+1; without it the whole history
-    n_cap = 2 * cfg.pipeline.max_history_events + 2
+    n_cap = memory_cap(cfg)
     return ModelContract(
         ENCODER,
         inputs=(
@@ -68,17 +126,17 @@ def encoder_contract(cfg: Config) -> ModelContract:
             tok("time", "FP64", "unix seconds per token"),
             tok("pos", "INT64", "absolute position per token"),
             TensorSpec("segment", "INT64", (1,), "user segment"),
-            TensorSpec("ctx_k", "FP32", (layers, -1, d), "cached keys per layer"),
-            TensorSpec("ctx_v", "FP32", (layers, -1, d), "cached values per layer"),
-            TensorSpec("ctx_w", "FP32", (-1,), "tokens each cached key stands for (0 = absent)"),
-            TensorSpec("ctx_pos", "FP64", (-1,), "position of each cached key"),
-            TensorSpec("ctx_time", "FP64", (-1,), "time of each cached key"),
+            TensorSpec("ctx_k", "FP32", (layers, "context", d), "cached keys per layer"),
+            TensorSpec("ctx_v", "FP32", (layers, "context", d), "cached values per layer"),
+            TensorSpec("ctx_w", "FP32", ("context",), "tokens each cached key stands for (0 = absent)"),
+            TensorSpec("ctx_pos", "FP64", ("context",), "position of each cached key"),
+            TensorSpec("ctx_time", "FP64", ("context",), "time of each cached key"),
         ),
         outputs=(
-            TensorSpec("new_k", "FP32", (layers, -1, d), "keys of the new tokens, to append"),
-            TensorSpec("new_v", "FP32", (layers, -1, d), "values of the new tokens, to append"),
-            TensorSpec("out", "FP32", (-1, d), "encoder outputs of the new tokens"),
-            TensorSpec("user", "FP32", (-1, d), "user vector (meaningful at the CTX token)"),
+            TensorSpec("new_k", "FP32", (layers, "tokens", d), "keys of the new tokens, to append"),
+            TensorSpec("new_v", "FP32", (layers, "tokens", d), "values of the new tokens, to append"),
+            TensorSpec("out", "FP32", ("tokens", d), "encoder outputs of the new tokens"),
+            TensorSpec("user", "FP32", ("tokens", d), "user vector (meaningful at the CTX token)"),
         ),
         caps={"tokens": max(g_cap, n_cap), "context": n_cap},
         doc="UGT encoder over one block of new tokens against explicit cached K/V (incremental encoding).",
@@ -90,12 +148,12 @@ def decoder_cross_kv_contract(cfg: Config) -> ModelContract:
     dh = dc.d_model // dc.n_heads
     return ModelContract(
         DECODER_CROSS_KV,
-        inputs=(TensorSpec("memory", "FP32", (-1, -1, cfg.encoder.d_model), "encoder memory (R, M, d)"),),
+        inputs=(TensorSpec("memory", "FP32", ("requests", "memory", cfg.encoder.d_model), "encoder memory (R, M, d)"),),
         outputs=(
-            TensorSpec("cross_k", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "per layer, per request"),
-            TensorSpec("cross_v", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "per layer, per request"),
+            TensorSpec("cross_k", "FP32", (dc.n_layers, "requests", dc.n_heads, "memory", dh), "per layer, per request"),
+            TensorSpec("cross_v", "FP32", (dc.n_layers, "requests", dc.n_heads, "memory", dh), "per layer, per request"),
         ),
-        caps={"requests": 64, "memory": 2 * cfg.pipeline.max_history_events + 2},
+        caps={"requests": MAX_REQUESTS_PER_CALL, "memory": memory_cap(cfg)},
         doc="Cross-attention K/V, computed once per request and shared by all its beams.",
     )
 
@@ -104,25 +162,27 @@ def decoder_step_contract(cfg: Config) -> ModelContract:
     dc = cfg.decoder
     dh = dc.d_model // dc.n_heads
     kmax = max(cfg.semantic_id.codebook_sizes)
-    past = (dc.n_layers, -1, -1, dc.n_heads, -1, dh)
+    past: tuple[Dim, ...] = (dc.n_layers, "requests", "beams", dc.n_heads, "steps", dh)
+    cross: tuple[Dim, ...] = (dc.n_layers, "requests", dc.n_heads, "memory", dh)
     return ModelContract(
         DECODER_STEP,
         inputs=(
             TensorSpec("step", "INT64", (1,), "0, 1 or 2: the code level this step predicts"),
-            TensorSpec("codes", "INT64", (-1, -1), "(R, W) newest code of each beam (ignored at step 0)"),
-            TensorSpec("parents", "INT64", (-1, -1), "(R, W) previous beam each beam extends"),
+            TensorSpec("codes", "INT64", ("requests", "beams"), "(R, W) newest code of each beam (ignored at step 0)"),
+            TensorSpec("parents", "INT64", ("requests", "beams"), "(R, W) previous beam each beam extends"),
             TensorSpec("past_k", "FP32", past, "(L, R, W_prev, H, t, dh) self-attention keys"),
             TensorSpec("past_v", "FP32", past, "(L, R, W_prev, H, t, dh) self-attention values"),
-            TensorSpec("cross_k", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "from decoder_cross_kv"),
-            TensorSpec("cross_v", "FP32", (dc.n_layers, -1, dc.n_heads, -1, dh), "from decoder_cross_kv"),
-            TensorSpec("cross_bias", "FP32", (-1, -1), "(R, M) log token count per memory entry"),
+            TensorSpec("cross_k", "FP32", cross, "from decoder_cross_kv"),
+            TensorSpec("cross_v", "FP32", cross, "from decoder_cross_kv"),
+            TensorSpec("cross_bias", "FP32", ("requests", "memory"), "(R, M) log token count per memory entry"),
         ),
         outputs=(
-            TensorSpec("logits", "FP32", (-1, -1, kmax), f"(R, W, {kmax}); columns past the level's codebook are padding"),
+            TensorSpec("logits", "FP32", ("requests", "beams", kmax), f"(R, W, {kmax}); columns past the level's codebook are padding"),
             TensorSpec("present_k", "FP32", past, "past_k reordered by parents, plus this step"),
             TensorSpec("present_v", "FP32", past, "past_v reordered by parents, plus this step"),
         ),
-        caps={"beams": cfg.pipeline.max_beam_width, "requests": 64},
+        # past K/V hold one entry per earlier step: at most the number of code levels
+        caps={"beams": cfg.pipeline.max_beam_width, "requests": MAX_REQUESTS_PER_CALL, "steps": N_LEVELS, "memory": memory_cap(cfg)},
         doc="One MoE decoder step with its KV cache; beams reordered by index inside the graph.",
     )
 
@@ -141,7 +201,7 @@ def ranker_contract(cfg: Config) -> ModelContract:
 
 def recommend_contract(cfg: Config) -> ModelContract:
     p = cfg.pipeline
-    hist = lambda name, dtype, doc: TensorSpec(name, dtype, (-1,), doc)  # noqa: E731
+    hist = lambda name, dtype, doc: TensorSpec(name, dtype, ("events",), doc)  # noqa: E731
     return ModelContract(
         RECOMMEND,
         inputs=(
@@ -154,14 +214,18 @@ def recommend_contract(cfg: Config) -> ModelContract:
             TensorSpec("ctx_device", "INT64", (1,), "device of this request (default 0)", optional=True),
             TensorSpec("request_time", "FP64", (1,), "unix seconds of this request (default: last event + 60 s)", optional=True),
             TensorSpec(
-                "excluded_items", "INT64", (-1,), "items never to return (seen or blocked); masked inside beam search", optional=True
+                "excluded_items",
+                "INT64",
+                ("excluded",),
+                "items never to return (seen or blocked); masked inside beam search",
+                optional=True,
             ),
         ),
         outputs=(
-            TensorSpec("items", "INT64", (-1,), "recommended item ids, best first (top_k of them)"),
-            TensorSpec("scores", "FP32", (-1,), "ranker score of each item"),
+            TensorSpec("items", "INT64", ("top_k",), "recommended item ids, best first (top_k of them)"),
+            TensorSpec("scores", "FP32", ("top_k",), "ranker score of each item"),
         ),
-        caps={"history events": p.max_history_events, "excluded_items": p.max_excluded_items, "top_k": p.prerank_keep},
+        caps={"events": p.max_history_events, "excluded": p.max_excluded_items, "top_k": p.prerank_keep},
         backend="python",
         versions_kept=1,  # a recommend version pins its graph versions; only the newest set serves
         instances=RECOMMEND_INSTANCES,

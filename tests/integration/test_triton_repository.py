@@ -142,6 +142,29 @@ def test_bad_inputs_get_a_kserve_error_naming_the_input(server, tiny_bundle):
     assert client.infer("ranker", [ok]).as_numpy("score").shape == (2, 1)  # still serving
 
 
+def test_a_direct_graph_call_over_a_contract_cap_is_refused(server, tiny_bundle):
+    """The caps in the generated config are enforced by the pip runtime's backend, not comments."""
+    dc = tiny_bundle.cfg.decoder
+    dh = dc.d_model // dc.n_heads
+    beams = tiny_bundle.cfg.pipeline.max_beam_width + 1
+    past = np.zeros((dc.n_layers, 1, beams, dc.n_heads, 1, dh), np.float32)
+    cross = np.zeros((dc.n_layers, 1, dc.n_heads, 4, dh), np.float32)
+    feeds = {
+        "step": np.array([1], np.int64),
+        "codes": np.zeros((1, beams), np.int64),
+        "parents": np.zeros((1, beams), np.int64),
+        "past_k": past,
+        "past_v": past,
+        "cross_k": cross,
+        "cross_v": cross,
+        "cross_bias": np.zeros((1, 4), np.float32),
+    }
+    with pytest.raises(tritonclient_http.InferenceServerException, match=f"'codes': dim 1 is {beams}, over the cap"):
+        _infer(server, "decoder_step", feeds, tiny_bundle.cfg)
+    client = tritonclient_http.InferenceServerClient(server.http_url)
+    assert client.is_model_ready("decoder_step")
+
+
 class LoadLoop:
     """Requests to the ranker in a loop on another thread; counts failures and versions seen."""
 

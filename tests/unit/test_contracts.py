@@ -53,3 +53,55 @@ def test_publish_accepts_an_operator_chosen_instance_count_but_not_a_changed_ten
     cfg.write_text(render(c).replace('name: "history_items"', 'name: "items_history"'))
     with pytest.raises(PublishError):
         check_config(tmp_path / c.name, c)
+
+
+def test_every_graph_call_is_checked_against_its_contract():
+    import json
+
+    import numpy as np
+
+    from genrec.contracts import decoder_step_contract, ranker_contract
+    from genrec.errors import InvalidValueError
+
+    cfg = named_config("tiny", environ={})
+    step = decoder_step_contract(cfg)
+    dc = cfg.decoder
+    dh = dc.d_model // dc.n_heads
+
+    def feeds(beams: int, memory: int = 5) -> dict:
+        past = np.zeros((dc.n_layers, 1, beams, dc.n_heads, 1, dh), np.float32)
+        cross = np.zeros((dc.n_layers, 1, dc.n_heads, memory, dh), np.float32)
+        return {
+            "step": [1],
+            "codes": np.zeros((1, beams), np.int32),  # cast to the contract's INT64
+            "parents": np.zeros((1, beams), np.int64),
+            "past_k": past,
+            "past_v": past,
+            "cross_k": cross,
+            "cross_v": cross,
+            "cross_bias": np.zeros((1, memory), np.float32),
+        }
+
+    ok = step.check_feeds(feeds(8))
+    assert ok["codes"].dtype == np.int64 and ok["step"].dtype == np.int64
+    cap = cfg.pipeline.max_beam_width
+    with pytest.raises(InvalidValueError, match=f"codes: beams = {cap + 1}, over the cap of {cap}"):
+        step.check_feeds(feeds(cap + 1))
+    with pytest.raises(InvalidValueError, match="missing"):
+        step.check_feeds({k: v for k, v in feeds(8).items() if k != "parents"})
+    with pytest.raises(InvalidValueError, match="unknown"):
+        step.check_feeds({**feeds(8), "past": np.zeros(1)})
+    with pytest.raises(InvalidValueError, match="cross_bias: expected 2 dims"):
+        step.check_feeds({**feeds(8), "cross_bias": np.zeros(5, np.float32)})
+    ranker = ranker_contract(cfg)
+    with pytest.raises(InvalidValueError, match="features: expected shape"):
+        ranker.check_feeds({"features": np.zeros((3, 13), np.float32)})
+    # the caps a server enforces on direct calls are the same numbers, per input axis
+    assert json.loads(step.caps_parameter())["codes"] == {"0": 64, "1": cap}
+
+
+def test_every_dynamic_dim_has_a_cap():
+    from genrec.contracts import ModelContract, TensorSpec
+
+    with pytest.raises(ValueError, match="no cap"):
+        ModelContract("m", inputs=(TensorSpec("x", "FP32", ("rows",)),), outputs=())

@@ -47,6 +47,18 @@ class TritonPythonModel:
         if missing:  # a config that does not match the graph must not load
             raise pb_utils.TritonModelException(f"config.pbtxt names {sorted(missing)} that {path} does not have")
         self.batched = int(config.get("max_batch_size", 0)) > 0
+        # the contract's caps on dynamic dims (genrec.contracts), written into the generated config
+        raw = config.get("parameters", {}).get("genrec_input_caps", {}).get("string_value", "{}")
+        offset = 1 if self.batched else 0  # caps are per item; a batched input has the batch axis first
+        self.caps = {name: {int(a) + offset: c for a, c in axes.items()} for name, axes in json.loads(raw).items()}
+
+    def _over_cap(self, feeds: dict) -> str | None:
+        for name, axes in self.caps.items():
+            shape = feeds[name].shape
+            for axis, cap in axes.items():
+                if axis < len(shape) and shape[axis] > cap:
+                    return f"input '{name}': dim {axis} is {shape[axis]}, over the cap of {cap}"
+        return None
 
     def execute(self, requests: list) -> list:
         if self.batched and len(requests) > 1:
@@ -56,6 +68,8 @@ class TritonPythonModel:
     def _run_one(self, request):
         try:
             feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+            if problem := self._over_cap(feeds):
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
             outs = self.session.run(self.outputs, feeds)
             return pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)])
         except Exception as e:  # one bad request must not take the others down
