@@ -4,7 +4,8 @@
 # the nvidia-pytriton 0.7.0 wheel the CPU machines use, so one model repository (same
 # config.pbtxt, platform "onnxruntime_onnx" / "tensorrt_plan") is tested on the pip runtime and
 # served here by the container's native C++ onnxruntime / TensorRT backends. Its Python is 3.10,
-# inside the project's supported range for the request-path code the Python backend imports.
+# the oldest the project supports (requires-python >=3.10; the test command runs vermin so that
+# no code needs a newer one, and mypy with python_version 3.10).
 #
 # Build from a checkout with published versions:  genrec-publish --run artifacts/runs/small-001
 #   docker build -t genrec-triton .   &&   docker run -p 8000-8002:8000-8002 genrec-triton
