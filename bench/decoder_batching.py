@@ -1,6 +1,6 @@
 """Would batching concurrent requests' decoder steps pay off here? Measured, not assumed.
 
-    python bench/decoder_batching.py
+    python -m bench.decoder_batching
 
 Runs the published ``decoder_cross_kv`` and ``decoder_step`` graphs (onnxruntime, 1 thread,
 as ``recommend`` runs them) with R requests in one call, R = 1, 2, 4, 8, at the default beam

@@ -1,6 +1,6 @@
 """Where a user's encoder state lives: in each ``recommend`` instance, or in Redis. Measured.
 
-    python bench/encoder_state_placement.py              # ~4 min; starts Triton and redis-server itself
+    python -m bench.encoder_state_placement              # ~4 min; starts Triton and redis-server itself
 
 Four servers, one after the other, on copies of the repository that differ only in
 ``instance_group`` count (1 or 2) and ``GENREC_SERVING__STATE_STORE`` (memory or redis). The
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from recommend_latency import NEW_EVENTS, Workload, metric_total, percentiles, run_visits, scrape, stage_means, start
+from bench.recommend_latency import NEW_EVENTS, Workload, metric_total, percentiles, run_visits, scrape, stage_means, start
 
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle

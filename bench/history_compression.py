@@ -1,6 +1,6 @@
 """History compression on vs off at history lengths 256, 1024 and 4096, side by side.
 
-    python bench/history_compression.py                 # small run, published graphs, 30 users per length
+    python -m bench.history_compression                 # small run, published graphs, 30 users per length
 
 The serving pipeline runs in process on the published ONNX graphs (the same code Triton runs;
 exact ANN so both arms share the retrieval stage). Users with long histories come from the

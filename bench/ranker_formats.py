@@ -3,7 +3,7 @@
 TorchScript). Prints p50 latency at batch 1 and 100 and parity, writes
 ``bench/results/ranker_formats.json``.
 
-    python bench/ranker_formats.py --run artifacts/runs/small-001
+    python -m bench.ranker_formats --run artifacts/runs/small-001
 
 hummingbird-ml pins an older onnx, so it is not in requirements.txt: install it in a scratch
 virtualenv (``pip install hummingbird-ml``) to rerun this.

@@ -1,7 +1,7 @@
 """Latency of ``recommend`` through the real Triton server, measured side by side in one run.
 
-    python bench/recommend_latency.py                      # model_repository/, small run
-    python bench/recommend_latency.py --users 300 --quick  # shorter
+    python -m bench.recommend_latency                      # model_repository/, small run
+    python -m bench.recommend_latency --users 300 --quick  # shorter
 
 Workload: held-out users of the run (their real histories). Each user first visits with all
 but their last 4 events (cold: the encoder state is built and cached), then comes back with one

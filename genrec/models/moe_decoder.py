@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genrec.models import members
 from genrec.settings import DecoderConfig
 
 N_LEVELS = 3
@@ -96,9 +97,6 @@ class StepCache:
             for i, t in enumerate(lst):
                 lst[i] = torch.gather(t, 1, idx.expand(-1, -1, *t.shape[2:]))
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [*self.self_k, *self.self_v, *self.cross_k, *self.cross_v])
-
 
 class MoEDecoder(nn.Module):
     def __init__(self, cfg: DecoderConfig, codebook_sizes: tuple[int, int, int], memory_dim: int) -> None:
@@ -113,6 +111,10 @@ class MoEDecoder(nn.Module):
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.n_layers)])
         self.ln_out = nn.LayerNorm(d)
         self.heads = nn.ModuleList([nn.Linear(d, k) for k in codebook_sizes])
+
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return members(self.layers, DecoderLayer)
 
     def _token(self, step: int, codes: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
         x = self.bos.expand(*shape, -1) if step == 0 else self.code_emb[step - 1](codes)
@@ -132,7 +134,7 @@ class MoEDecoder(nn.Module):
         x = torch.stack([self._token(0, None, (b,)), self._token(1, codes[:, 0], (b,)), self._token(2, codes[:, 1], (b,))], dim=1)
         causal = torch.full((N_LEVELS, N_LEVELS), -math.inf).triu(1)
         aux = torch.zeros(())
-        for layer in self.layers:
+        for layer in self.decoder_layers:
             q, k, v = (layer.heads(t) for t in layer.qkv(layer.ln1(x)).chunk(3, dim=-1))
             a = F.softmax(q @ k.transpose(-1, -2) / math.sqrt(layer.dh) + causal, dim=-1) @ v
             x = x + layer.drop(layer.self_out(layer.merge(a)))
@@ -151,8 +153,8 @@ class MoEDecoder(nn.Module):
     def start(self, memory: torch.Tensor, memory_logw: torch.Tensor) -> StepCache:
         """Cross-attention K/V for R requests, computed once. memory (R,M,dm)."""
         mem = self.memory_proj(memory)
-        ks, vs = zip(*(layer.memory_kv(mem) for layer in self.layers))
-        empty = [torch.zeros(memory.shape[0], 1, layer.h, 0, layer.dh) for layer in self.layers]
+        ks, vs = zip(*(layer.memory_kv(mem) for layer in self.decoder_layers))
+        empty = [torch.zeros(memory.shape[0], 1, layer.h, 0, layer.dh) for layer in self.decoder_layers]
         return StepCache(list(empty), list(empty), list(ks), list(vs), memory_logw)
 
     def step_layers(
@@ -169,7 +171,7 @@ class MoEDecoder(nn.Module):
         ``step`` and by the exported step graph, so both compute exactly this."""
         r, w, _ = x.shape
         present_k, present_v = [], []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.decoder_layers):
             q, k, v = (t.reshape(r, w, layer.h, 1, layer.dh) for t in layer.qkv(layer.ln1(x)).chunk(3, dim=-1))
             kk = torch.cat([past_k[i], k], dim=3)
             vv = torch.cat([past_v[i], v], dim=3)

@@ -220,10 +220,33 @@ def test_publish_and_rollback_under_load_lose_no_request(server, repository, tin
     assert (repository.parent / f".{repository.name}.retired" / "ranker").exists()  # retired, not deleted
 
 
-def test_broken_publishes_are_refused_and_serving_is_untouched(server, repository, tiny_bundle, tmp_path):
-    c = ranker_contract(tiny_bundle.cfg)
-    versions_before = version_numbers(repository / "ranker")
-    good = repository / "ranker" / str(versions_before[-1]) / "model.onnx"
+@pytest.fixture
+def ranker_copy(server, repository, tiny_bundle, request):
+    """A copy of the ranker's model folder under its own name, loaded: broken-model tests break
+    the copy, never the folder the other tests serve from."""
+    from dataclasses import replace
+
+    from genrec.exporters.publish import load
+
+    c = replace(ranker_contract(tiny_bundle.cfg), name=f"ranker_copy_{request.node.name[-12:].strip('_')}")
+    folder = repository / c.name
+    shutil.copytree(repository / "ranker", folder)
+    (folder / "config.pbtxt").write_text(render(c))
+    load(server.http_url, c.name)
+    return c
+
+
+def _score_one(server, model: str):
+    client = tritonclient_http.InferenceServerClient(server.http_url)
+    x = tritonclient_http.InferInput("features", [1, 14], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 14), np.float32))
+    return client.infer(model, [x])
+
+
+def test_broken_publishes_are_refused_and_serving_is_untouched(server, repository, ranker_copy, tmp_path):
+    c = ranker_copy
+    versions_before = version_numbers(repository / c.name)
+    good = repository / c.name / str(versions_before[-1]) / "model.onnx"
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(PublishError, match="does not load"):
@@ -233,47 +256,37 @@ def test_broken_publishes_are_refused_and_serving_is_untouched(server, repositor
         publish_file(repository, c, wrong_graph, {}, server.http_url)
     with pytest.raises(PublishError, match="parity"):
         publish_file(repository, c, good, {"parity": {"ok": False, "max_abs_err": 1.0, "tolerance": 1e-4}}, server.http_url)
-    # a repository config that disagrees with the model's contract
-    cfg_file = repository / "ranker" / "config.pbtxt"
-    original = cfg_file.read_text()
-    try:
-        cfg_file.write_text(original.replace("max_batch_size: 1024", "max_batch_size: 8"))
-        with pytest.raises(PublishError, match="does not match"):
-            publish_file(repository, c, good, {}, server.http_url)
-    finally:
-        cfg_file.write_text(original)
-    assert version_numbers(repository / "ranker") == versions_before
-    client = tritonclient_http.InferenceServerClient(server.http_url)
-    assert client.is_model_ready("ranker")
+    # a repository config that disagrees with the model's contract (the copy's, not the served ranker's)
+    cfg_file = repository / c.name / "config.pbtxt"
+    cfg_file.write_text(cfg_file.read_text().replace("max_batch_size: 1024", "max_batch_size: 8"))
+    with pytest.raises(PublishError, match="does not match"):
+        publish_file(repository, c, good, {}, server.http_url)
+    assert version_numbers(repository / c.name) == versions_before
+    assert _score_one(server, c.name).get_response()["model_version"] == str(versions_before[-1])
+    assert _score_one(server, "ranker").as_numpy("score").shape == (1, 1)  # the shared model never noticed
 
 
-def test_a_version_that_fails_to_load_leaves_the_old_one_serving(server, repository, tiny_bundle, tmp_path):
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(server, repository, ranker_copy, tmp_path, monkeypatch):
     """An ONNX file that passes the local checks but fails in Triton is retired again."""
-    c = ranker_contract(tiny_bundle.cfg)
-    versions_before = version_numbers(repository / "ranker")
-    good = repository / "ranker" / str(versions_before[-1]) / "model.onnx"
-    # same tensors, but the backend is made to refuse it: a config naming a missing output
-    staged = tmp_path / "model.onnx"
-    shutil.copy2(good, staged)
-    cfg_file = repository / "ranker" / "config.pbtxt"
-    original = cfg_file.read_text()
-    client = tritonclient_http.InferenceServerClient(server.http_url)
-    try:
-        import genrec.exporters.publish as pub
+    import genrec.exporters.publish as pub
 
-        real_check = pub.check_config
-        pub.check_config = lambda model_dir, contract: cfg_file.write_text(original.replace('name: "score"', 'name: "score_missing"'))
-        with pytest.raises(PublishError, match="refused to load"):
-            publish_file(repository, c, staged, {}, server.http_url)
-    finally:
-        pub.check_config = real_check
-        cfg_file.write_text(original)
-    assert version_numbers(repository / "ranker") == versions_before
-    pub.load(server.http_url, "ranker")
-    assert client.is_model_ready("ranker")
-    x = tritonclient_http.InferInput("features", [1, 14], "FP32")
-    x.set_data_from_numpy(np.zeros((1, 14), np.float32))
-    assert client.infer("ranker", [x]).get_response()["model_version"] == str(versions_before[-1])
+    c = ranker_copy
+    versions_before = version_numbers(repository / c.name)
+    staged = tmp_path / "model.onnx"
+    shutil.copy2(repository / c.name / str(versions_before[-1]) / "model.onnx", staged)
+    cfg_file = repository / c.name / "config.pbtxt"
+    good_config = cfg_file.read_text()
+    # same tensors, but the backend is made to refuse it: the copy's config names a missing output
+    # after the local config check has passed
+    monkeypatch.setattr(
+        pub, "check_config", lambda model_dir, contract: cfg_file.write_text(good_config.replace('name: "score"', 'name: "score_missing"'))
+    )
+    with pytest.raises(PublishError, match="refused to load"):
+        publish_file(repository, c, staged, {}, server.http_url)
+    assert version_numbers(repository / c.name) == versions_before
+    cfg_file.write_text(good_config)
+    pub.load(server.http_url, c.name)
+    assert _score_one(server, c.name).get_response()["model_version"] == str(versions_before[-1])
 
 
 def test_int8_is_a_publishable_option_checked_against_fp32(tiny_run, tmp_path):
