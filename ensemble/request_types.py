@@ -29,7 +29,7 @@ class RecommendRequest:
     segment: int = 0
     ctx_device: int = 0
     ctx_time: int | None = None  # request time; defaults to one minute after the last event
-    user_id: str | None = None  # key of the encoder cache: valid UTF-8, at most MAX_USER_ID_BYTES bytes
+    user_id: str | None = None  # key of the encoder cache: valid UTF-8, at most PipelineConfig.max_user_id_bytes bytes
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def request_time(self) -> int:

@@ -17,9 +17,6 @@ from genrec.ensemble.request_types import RecommendRequest, RequestOptions
 from genrec.errors import HistoryTooLongError, InvalidValueError, UnknownItemError
 from genrec.settings import PipelineConfig
 
-MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: later (or negative) times are a unit mistake
-MAX_USER_ID_BYTES = 256
-
 
 def _int_array(name: str, values: object) -> np.ndarray:
     arr = np.asarray(values)
@@ -55,8 +52,8 @@ def validate_history(
         raise InvalidValueError("history_actions", f"action codes must lie in [0, {N_ACTIONS})")
     if n and (devices.min() < 0 or devices.max() >= n_devices):
         raise InvalidValueError("history_devices", f"device codes must lie in [0, {n_devices})")
-    if n and (times.min() < 0 or times.max() > MAX_TIMESTAMP):
-        raise InvalidValueError("history_timestamps", f"expected unix seconds in [0, {MAX_TIMESTAMP}]")
+    if n and (times.min() < 0 or times.max() > cfg.max_timestamp):
+        raise InvalidValueError("history_timestamps", f"expected unix seconds in [0, {cfg.max_timestamp}]")
     if n > 1 and np.any(np.diff(times) < 0):
         raise InvalidValueError("history_timestamps", "events must be ordered oldest first")
     return History(items, actions, times, devices)
@@ -131,7 +128,7 @@ def validate_request(
 ) -> RecommendRequest:
     """Every input of a recommend request checked against the catalogue and the caps."""
     h = validate_history(item, action, timestamp, device, n_items, n_devices, cfg)
-    seg, dev = (int(_int_array(n, np.atleast_1d(v))[0]) for n, v in (("segment", segment), ("ctx_device", ctx_device)))
+    seg, dev = (int(_int_array(n, np.atleast_1d(np.asarray(v)))[0]) for n, v in (("segment", segment), ("ctx_device", ctx_device)))
     if not 0 <= seg < n_segments:
         raise InvalidValueError("segment", f"expected [0, {n_segments}), got {seg}")
     if not 0 <= dev < n_devices:
@@ -139,15 +136,15 @@ def validate_request(
     t = None
     if ctx_time is not None:
         t = int(_int_array("request_time", np.atleast_1d(np.asarray(ctx_time, dtype=np.float64)))[0])
-        if not 0 <= t <= MAX_TIMESTAMP:
-            raise InvalidValueError("request_time", f"expected unix seconds in [0, {MAX_TIMESTAMP}]")
+        if not 0 <= t <= cfg.max_timestamp:
+            raise InvalidValueError("request_time", f"expected unix seconds in [0, {cfg.max_timestamp}]")
     return RecommendRequest(
         h,
         validate_options(cfg, beam_widths, ann_candidates, max_candidates, final_k),
         seg,
         dev,
         ctx_time=t,
-        user_id=validate_user_id(user_id),
+        user_id=validate_user_id(user_id, cfg.max_user_id_bytes),
         excluded=validate_excluded(excluded, n_items, cfg),
     )
 
@@ -173,14 +170,14 @@ def validate_for_catalogue(
     )
 
 
-def validate_user_id(user_id: str | bytes | None) -> str | None:
-    """The cache key as sent: checked in bytes (1..MAX_USER_ID_BYTES), and refused unless it is
+def validate_user_id(user_id: str | bytes | None, max_bytes: int) -> str | None:
+    """The cache key as sent: checked in bytes (1..max_bytes), and refused unless it is
     valid UTF-8, so two different byte strings never map to one key."""
     if user_id is None:
         return None
     raw = user_id if isinstance(user_id, bytes) else str(user_id).encode("utf-8", errors="surrogatepass")
-    if not 1 <= len(raw) <= MAX_USER_ID_BYTES:
-        raise InvalidValueError("user_id", f"expected 1 to {MAX_USER_ID_BYTES} bytes, got {len(raw)}")
+    if not 1 <= len(raw) <= max_bytes:
+        raise InvalidValueError("user_id", f"expected 1 to {max_bytes} bytes, got {len(raw)}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -215,9 +212,10 @@ def kserve_request_args(inputs: Mapping[str, np.ndarray | None], params: Mapping
     if "excluded_items" in params and str(params["excluded_items"]).strip():
         extra = np.asarray(_option_ints("excluded_items", params["excluded_items"]), np.int64)
         excluded = extra if excluded is None else np.concatenate([np.asarray(excluded, np.int64), extra])
-    user = inputs.get("user_id")
-    if user is not None:
-        values = np.asarray(user).reshape(-1)
+    given_user = inputs.get("user_id")
+    user: bytes | str | None = None
+    if given_user is not None:
+        values = np.asarray(given_user).reshape(-1)
         if values.size != 1:
             raise InvalidValueError("user_id", f"expected one value, got {values.size}")
         user = values[0] if isinstance(values[0], bytes) else str(values[0])

@@ -75,7 +75,7 @@ def make_state_store(cfg: Config) -> StateCache | None:
     if s.state_store is StateStore.REDIS:
         from genrec.ensemble.state_store import RedisEncoderCache
 
-        return RedisEncoderCache(s.redis_url, s.state_ttl_s)
+        return RedisEncoderCache(s.redis_url, s.state_ttl_s, timeout_s=s.state_store_timeout_s)
     return EncoderCache(s.encoder_cache_bytes) if s.encoder_cache_bytes > 0 else None
 
 

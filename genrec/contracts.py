@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from genrec.ensemble.prefix_trie import N_LEVELS
 from genrec.ensemble.ranking_features import N_FEATURES
 from genrec.errors import InvalidValueError
 from genrec.settings import Config
@@ -30,7 +31,6 @@ RANKER = "ranker"
 RECOMMEND = "recommend"
 RECOMMEND_INSTANCES = 1  # see README "Where a user's encoder state lives" for the measured choice
 MAX_REQUESTS_PER_CALL = 64  # requests batched into one decoder call (recommend sends 1)
-N_LEVELS = 3  # semantic-ID code levels the decoder generates
 
 
 def memory_cap(cfg: Config) -> int:

@@ -109,6 +109,8 @@ class PipelineConfig:
     final_k: int = 10
     max_history_events: int = 4_096
     max_excluded_items: int = 1_000
+    max_user_id_bytes: int = 256  # the encoder-state cache key, in UTF-8 bytes
+    max_timestamp: int = 4_102_444_800  # 2100-01-01: later (or negative) times are a unit mistake
 
 
 class Execution(str, Enum):
@@ -135,7 +137,7 @@ def _enum_field(cls: type[Enum], name: str, value: object) -> Enum:
     try:
         return cls(value)
     except ValueError:
-        choices = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]  # Enum classes iterate their members
+        choices = ", ".join(repr(m.value) for m in cls)
         raise ValueError(f"serving.{name}={value!r}: expected one of {choices}") from None
 
 
@@ -150,6 +152,7 @@ class ServingConfig:
     state_store: StateStore = StateStore.MEMORY
     redis_url: str = "redis://localhost:6379/0"
     state_ttl_s: int = 7 * 86_400
+    state_store_timeout_s: float = 0.05  # a slower Redis is served as a miss, not waited for
     ann: AnnBackend = AnnBackend.MILVUS
     milvus_uri: str = ""  # "" = a milvus-lite file per model instance under state_dir
     milvus_token: str = ""  # for a Milvus server that needs one (GENREC_SERVING__MILVUS_TOKEN)

@@ -110,20 +110,22 @@ def test_kserve_tensors_and_parameters_become_validate_request_arguments():
 
 
 def test_user_id_is_checked_in_bytes_and_must_be_utf8():
-    from genrec.ensemble.request_validation import MAX_USER_ID_BYTES, validate_user_id
+    from genrec.ensemble.request_validation import validate_user_id
 
-    assert validate_user_id(b"u-7") == validate_user_id("u-7") == "u-7"
-    assert validate_user_id(None) is None
+    cap = PipelineConfig().max_user_id_bytes
+
+    assert validate_user_id(b"u-7", cap) == validate_user_id("u-7", cap) == "u-7"
+    assert validate_user_id(None, cap) is None
     # two different invalid byte strings must not collapse onto one key (a lossy decode would)
     for raw in (b"\xff\xfe", b"\xff\xfd"):
         with pytest.raises(InvalidValueError, match="UTF-8"):
-            validate_user_id(raw)
+            validate_user_id(raw, cap)
     # the cap is in bytes: 100 three-byte characters are 300 bytes
     with pytest.raises(InvalidValueError, match="bytes"):
-        validate_user_id("€" * 100)
-    assert validate_user_id("€" * (MAX_USER_ID_BYTES // 3)) is not None
+        validate_user_id("€" * 100, cap)
+    assert validate_user_id("€" * (cap // 3), cap) is not None
     with pytest.raises(InvalidValueError, match="bytes"):
-        validate_user_id(b"")
+        validate_user_id(b"", cap)
 
 
 def test_kserve_user_id_with_several_values_is_refused():
