@@ -11,6 +11,7 @@ softmax), so no probability mass is spent on IDs that are not in the catalogue o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,7 +52,7 @@ def beam_search(
     trie: PrefixTrie,
     widths: tuple[int, ...],
     n_requests: int,
-    excluded: list[np.ndarray | None] | None = None,
+    excluded: Sequence[np.ndarray | None] | None = None,
 ) -> BeamResult:
     if len(widths) != N_LEVELS or min(widths) < 1:
         raise ValueError(f"beam widths must be {N_LEVELS} positive ints, got {widths}")
@@ -94,7 +95,7 @@ class Generated:
     beam_rank: np.ndarray  # (n,) int64, rank of the beam that produced the item
 
 
-def generated_items(result: BeamResult, trie: PrefixTrie, excluded: list[np.ndarray | None] | None = None) -> list[Generated]:
+def generated_items(result: BeamResult, trie: PrefixTrie, excluded: Sequence[np.ndarray | None] | None = None) -> list[Generated]:
     """Expand each surviving beam's leaf into its items (a leaf is a small collision group)."""
     out = []
     for req in range(result.leaf.shape[0]):

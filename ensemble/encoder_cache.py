@@ -58,6 +58,7 @@ class EncoderCache(Generic[S]):
         self.capacity_bytes = capacity_bytes
         self._entries: OrderedDict[str, _Entry[S]] = OrderedDict()
         self.stats = CacheStats()
+        self._bytes = 0  # what stats.bytes shows (an int here: this store is in-process)
 
     def take(self, user: str, history: History) -> tuple[S | None, int]:
         """(state, events it covers) if a cached prefix of ``history`` exists, else (None, 0).
@@ -67,8 +68,8 @@ class EncoderCache(Generic[S]):
         """
         e = self._entries.pop(user, None)
         if e is not None:
-            self.stats.bytes -= e.nbytes
-            self.stats.entries = len(self._entries)
+            self._bytes -= e.nbytes
+            self.stats.bytes, self.stats.entries = self._bytes, len(self._entries)
             if e.n_events <= len(history) and history_fingerprint(history, e.n_events) == e.fingerprint:
                 self.stats.hits += 1
                 return e.state, e.n_events
@@ -78,15 +79,15 @@ class EncoderCache(Generic[S]):
     def store(self, user: str, history: History, state: S) -> None:
         old = self._entries.pop(user, None)
         if old is not None:
-            self.stats.bytes -= old.nbytes
+            self._bytes -= old.nbytes
         size = state.nbytes()
         if size > self.capacity_bytes:
-            self.stats.entries = len(self._entries)
+            self.stats.bytes, self.stats.entries = self._bytes, len(self._entries)
             return
         self._entries[user] = _Entry(state, len(history), history_fingerprint(history, len(history)), size)
-        self.stats.bytes += size
-        while self.stats.bytes > self.capacity_bytes:
+        self._bytes += size
+        while self._bytes > self.capacity_bytes:
             _, ev = self._entries.popitem(last=False)
-            self.stats.bytes -= ev.nbytes
+            self._bytes -= ev.nbytes
             self.stats.evictions += 1
-        self.stats.entries = len(self._entries)
+        self.stats.bytes, self.stats.entries = self._bytes, len(self._entries)

@@ -62,7 +62,14 @@ class PrefixTrie:
         order = np.argsort(parent, kind="stable")
         leaf_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=n_parents))]).astype(np.int64)
         return PrefixTrie(
-            tuple(codebook_sizes), tuple(ptrs), tuple(ccodes), tuple(cnodes), leaf_ptr, order.astype(np.int64), path, tuple(counts)
+            (codebook_sizes[0], codebook_sizes[1], codebook_sizes[2]),
+            tuple(ptrs),
+            tuple(ccodes),
+            tuple(cnodes),
+            leaf_ptr,
+            order.astype(np.int64),
+            path,
+            tuple(counts),
         )
 
     def counts_without(self, excluded: np.ndarray | None) -> tuple[np.ndarray, ...]:

@@ -39,7 +39,8 @@ def search_excluding(index: AnnIndex, vectors: np.ndarray, k: int, excluded: lis
     out = []
     for r in range(ids.shape[0]):
         row = ids[r][ids[r] >= 0]  # an index may pad short result rows with -1
-        if excluded[r] is not None and len(excluded[r]):
-            row = row[~np.isin(row, excluded[r])]
+        ex = excluded[r]
+        if ex is not None and len(ex):
+            row = row[~np.isin(row, ex)]
         out.append(row[:k])
     return out

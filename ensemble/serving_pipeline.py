@@ -61,8 +61,9 @@ class ServingPipeline:
         dc = cfg.decoder
         self.decoder = DecoderGraphs(run, catalogue.codebook_sizes, dc.n_layers, dc.n_heads, dc.d_model // dc.n_heads)
 
-    def _encoder_block(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        return tuple(self.run(ENCODER, feeds))
+    def _encoder_block(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        new_k, new_v, out, user = self.run(ENCODER, feeds)
+        return new_k, new_v, out, user
 
     def validate(self, item: object, action: object, timestamp: object, device: object, **kw: Any) -> RecommendRequest:
         return validate_for_catalogue(self.cat, self.cfg.pipeline, item, action, timestamp, device, **kw)

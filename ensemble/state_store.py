@@ -40,7 +40,7 @@ class RedisEncoderCache:
         except redis.RedisError:
             self.stats.errors += 1
             raw = None
-        if raw:
+        if isinstance(raw, bytes) and raw:  # bytes: the client does not decode responses
             fp = raw[:FINGERPRINT_BYTES].decode()
             n = int.from_bytes(raw[FINGERPRINT_BYTES : FINGERPRINT_BYTES + 8], "little")
             if n <= len(history) and history_fingerprint(history, n) == fp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genrec.models import members
 from genrec.models.moe_decoder import N_LEVELS, MoEDecoder
 from genrec.models.ugt_encoder import UGTEncoder
 
@@ -44,12 +45,12 @@ class DecoderStepGraph(nn.Module):
         sizes = dec.codebook_sizes
         kmax = max(sizes)
         # Step s reads token table rows offset[s] + code (row 0 is BOS) and predicts with head s.
-        table = torch.cat([dec.bos.detach()[None], *(e.weight.detach() for e in dec.code_emb)])
+        table = torch.cat([dec.bos.detach()[None], *(e.weight.detach() for e in members(dec.code_emb, nn.Embedding))])
         self.register_buffer("token_table", table)
         self.register_buffer("token_offset", torch.tensor([0, 1, 1 + sizes[0]]))
         w = torch.zeros(N_LEVELS, kmax, d)
         b = torch.full((N_LEVELS, kmax), PAD_LOGIT)
-        for s, head in enumerate(dec.heads):
+        for s, head in enumerate(members(dec.heads, nn.Linear)):
             w[s, : sizes[s]] = head.weight.detach()
             b[s, : sizes[s]] = head.bias.detach()
         self.register_buffer("head_w", w)

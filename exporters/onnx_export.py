@@ -226,6 +226,7 @@ def export_ranker(b: ModelBundle, path: Path, real_features: np.ndarray) -> Pari
     c = ranker_contract(b.cfg)
     assert b.ranker is not None
     n = c.inputs[0].dims[0]
+    assert isinstance(n, int), "the ranker's feature count is a fixed dimension"
     model = convert_lightgbm(b.ranker, initial_types=[(c.inputs[0].name, FloatTensorType([None, n]))], target_opset=RANKER_OPSET)
     produced = model.graph.output[0].name  # the converter's own output name -> the contract's
     model.graph.output[0].name = c.outputs[0].name

@@ -25,7 +25,7 @@ import torch
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.ranking_features import ItemTable
 from genrec.models.moe_decoder import MoEDecoder
-from genrec.models.rqvae import SemanticIds
+from genrec.models.rqvae import SemanticIds, codebook_triple
 from genrec.models.sasrec import SASRec
 from genrec.models.ugt_encoder import UGTEncoder
 from genrec.settings import Config, config_from_dict
@@ -81,7 +81,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     manifest = json.loads((path / "manifest.json").read_text())
     feats = np.load(path / "item_features.npy")
     s = np.load(path / "semantic_ids.npz")
-    sem = SemanticIds(s["codes"], s["disambiguation"], tuple(int(k) for k in s["codebook_sizes"]))  # type: ignore[arg-type]
+    sem = SemanticIds(s["codes"], s["disambiguation"], codebook_triple(s["codebook_sizes"]))
     t = np.load(path / "item_table.npz")
     items = ItemTable(t["category"], t["author"], t["kind"], t["log_popularity"], int(t["n_categories"]))
     enc, dec = build_models(cfg, feats, sem, manifest["n_segments"], manifest["n_devices"])

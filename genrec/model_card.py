@@ -95,14 +95,16 @@ def card(cfg: Config) -> dict:
             mem = memory_size(cfg, events, compression)
             tag = f"L{events}_{'compressed' if compression else 'exact'}"
             dec_f = decoder_flops(cfg, mem)
+            enc_f = encoder_flops(cfg, events, compression)
+            rank_f = float(RANKER_CANDIDATES * cfg.train.ranker_rounds * RANKER_DEPTH)
             flops[tag] = {
-                "encoder": encoder_flops(cfg, events, compression),
+                "encoder": enc_f,
                 "decoder": dec_f["total"],
                 "decoder_steps": dec_f,
                 "memory_entries": mem,
-                "ranker": float(RANKER_CANDIDATES * cfg.train.ranker_rounds * RANKER_DEPTH),
+                "ranker": rank_f,
+                "total": enc_f + dec_f["total"] + rank_f,
             }
-            flops[tag]["total"] = flops[tag]["encoder"] + flops[tag]["decoder"] + flops[tag]["ranker"]
     return {
         "config": cfg.name,
         "params": {

@@ -95,7 +95,7 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
             target = torch.tensor([int(ev.item[s.end]) for s in batch])
             out = enc.forward_dense(tokens, compression=compression)
             logits, aux = dec(out.memory, out.memory_logw, codes[target])
-            gen_loss = sum(F.cross_entropy(lg, codes[target, level]) for level, lg in enumerate(logits))
+            gen_loss = sum((F.cross_entropy(lg, codes[target, level]) for level, lg in enumerate(logits)), start=torch.zeros(()))
             ret_loss = F.cross_entropy(out.user @ enc.item_embeddings().T, target)
             loss = gen_loss + tc.retrieval_weight * ret_loss + cfg.decoder.load_balance_weight * aux
             opt.zero_grad()
@@ -152,8 +152,8 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> 
     reqs, targets = heldout_requests(ds, split, users, pipeline.cfg, target="validation")
     traces = []
     for i in range(0, len(reqs), 32):
-        _, tr = pipeline.traces(reqs[i : i + 32])
-        traces += tr
+        _, batch_traces = pipeline.traces(reqs[i : i + 32])
+        traces += batch_traces
         if (i // 32) % 10 == 0:
             log(f"  cascade traces {min(i + 32, len(reqs))}/{len(reqs)}")
     keep = cfg.pipeline.prerank_keep
@@ -241,7 +241,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
         np.log1p(counts).astype(np.float64),
         ds.item_metadata.n_categories,
     )
-    manifest = {
+    manifest: dict[str, object] = {
         "config": cfg.name,
         "dataset": ds.name,
         "movielens_path": str(Path(movielens).resolve()) if movielens else None,

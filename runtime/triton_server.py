@@ -114,9 +114,17 @@ class TritonServer:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def on_free_ports(cls, repository: Path, log: Path | None = None, env: dict[str, str] | None = None, **kw: object) -> TritonServer:
+    def on_free_ports(
+        cls,
+        repository: Path,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        model_control_mode: str = "explicit",
+        backend_dir: Path | None = None,
+    ) -> TritonServer:
         """A server on three free loopback ports (tests, benchmarks, a second local stack)."""
-        return cls(repository, free_port(), free_port(), free_port(), log=log, env=env, **kw)  # type: ignore[arg-type]
+        ports = free_port(), free_port(), free_port()
+        return cls(repository, *ports, model_control_mode=model_control_mode, log=log, env=env, backend_dir=backend_dir)
 
     @property
     def metrics_url(self) -> str:

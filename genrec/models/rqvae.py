@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +98,12 @@ class RQVAE(nn.Module):
             book.data[dead[: pick.numel()]] = r[pick] + 1e-3 * torch.randn(pick.numel(), r.shape[1], generator=g)
             n_reset += int(dead.numel())
         return n_reset
+
+
+def codebook_triple(sizes: Iterable[int]) -> tuple[int, int, int]:
+    """Three codebook sizes as ints (a config or an npz may hold a list or numpy ints)."""
+    first, second, third = (int(k) for k in sizes)
+    return first, second, third
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,7 @@ def train_rqvae(
         codes, _, residuals = model.quantize(model.encoder(x))
     raw = codes.numpy().astype(np.int64)
     codes_np = spread_last_level(raw, residuals[-1].numpy(), model.codebooks[-1].detach().numpy())
-    return model, SemanticIds(codes_np, disambiguate(codes_np), tuple(cfg.codebook_sizes), raw_collision_rate(raw))  # type: ignore[arg-type]
+    return model, SemanticIds(codes_np, disambiguate(codes_np), codebook_triple(cfg.codebook_sizes), raw_collision_rate(raw))
 
 
 def raw_collision_rate(codes: np.ndarray) -> float:

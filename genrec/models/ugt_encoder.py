@@ -37,6 +37,7 @@ from torch import nn
 
 from genrec.data.schema import N_ACTIONS, History
 from genrec.ensemble.encoder_state import ACTION, CONTEXT, ITEM, USER, EncoderState, Geometry, IncrementalEncoder, event_tokens
+from genrec.models import members
 from genrec.settings import EncoderConfig
 
 N_TOKEN_TYPES = 4
@@ -163,6 +164,9 @@ class EncoderOutput:
 
 
 class UGTEncoder(nn.Module):
+    item_content: torch.Tensor  # buffers, (n_items, content_dim) and (n_items, 3)
+    item_codes: torch.Tensor
+
     def __init__(
         self,
         cfg: EncoderConfig,
@@ -192,6 +196,10 @@ class UGTEncoder(nn.Module):
         self.layers = nn.ModuleList([HSTULayer(cfg) for _ in range(cfg.n_layers)])
         self.ln_out = GroupLayerNorm(d)
         self.user_proj = nn.Linear(d, d)
+
+    @property
+    def encoder_layers(self) -> list[HSTULayer]:
+        return members(self.layers, HSTULayer)
 
     # ---- embeddings -------------------------------------------------------------------------
     def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,9 +284,9 @@ class UGTEncoder(nn.Module):
             key_pos, key_time = pos, time
         dpos = (pos[:, None] - key_pos[None, :]).float()
         dt = (time[:, :, None] - key_time[:, None, :]).float()
-        bucket = self.layers[0].bias_index(dpos.expand_as(dt), dt)
+        bucket = self.encoder_layers[0].bias_index(dpos.expand_as(dt), dt)
         wn = _normalise(w)
-        for layer in self.layers:
+        for layer in self.encoder_layers:
             u, v, q, k = layer.project(x, types)
             if compression:
                 k, v = self._augment(k, nb), self._augment(v, nb)
@@ -319,9 +327,9 @@ class UGTEncoder(nn.Module):
         w = _normalise(torch.cat([ctx_w[None].expand(g, -1), torch.ones(g, g).tril()], dim=1))[None]
         dpos = (posf[:, None] - torch.cat([ctx_pos, posf])[None, :]).float()
         dt = (time[:, None] - torch.cat([ctx_time, time])[None, :]).float()
-        bucket = self.layers[0].bias_index(dpos, dt)
+        bucket = self.encoder_layers[0].bias_index(dpos, dt)
         ks, vs = [], []
-        for li, layer in enumerate(self.layers):
+        for li, layer in enumerate(self.encoder_layers):
             u, v, q, k = layer.project(x, types2)
             keys = torch.cat([ctx_k[li], k[0]])[None]
             vals = torch.cat([ctx_v[li], v[0]])[None]
@@ -332,10 +340,11 @@ class UGTEncoder(nn.Module):
         return torch.stack(ks), torch.stack(vs), out, self.user_proj(out)
 
     @torch.no_grad()
-    def _block_numpy(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    def _block_numpy(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         names = ("item", "action", "device", "types", "time", "pos", "segment", "ctx_k", "ctx_v", "ctx_w", "ctx_pos", "ctx_time")
-        return tuple(o.numpy() for o in self.block_forward(*(t[n] for n in names)))
+        new_k, new_v, out, user = self.block_forward(*(t[n] for n in names))
+        return new_k.numpy(), new_v.numpy(), out.numpy(), user.numpy()
 
     def incremental(self, compression: bool | None = None) -> IncrementalEncoder:
         """The shared state logic (``genrec.ensemble.encoder_state``) driving this model's block graph."""
