@@ -17,6 +17,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "[setup] redis-server is missing and this is not root with apt: install it (apt-get install redis-server); Redis tests will skip"
   fi
 fi
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  # the real Prometheus (and promtool) for the dashboards tests; they start their own on loopback
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing prometheus with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; }
+  else
+    echo "[setup] prometheus is missing and this is not root with apt: install it (apt-get install prometheus); Prometheus tests will skip"
+  fi
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[setup] installing requirements.txt"
 .venv/bin/python -m pip install -q -r requirements.txt

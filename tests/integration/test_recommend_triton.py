@@ -100,7 +100,9 @@ def test_excluded_items_are_never_returned(server, heldout):
     blocked = first.items[:5]
     again = _call(client, req, excluded=blocked[:3], beam_width="8,16,64")
     assert not np.isin(again.items, blocked[:3]).any()
-    param = client.client.infer(
+    import tritonclient.http as http
+
+    param = http.InferenceServerClient(server.http_url).infer(
         "recommend",
         client_inputs(client, req),
         parameters={"excluded_items": ",".join(map(str, blocked[3:5]))},
