@@ -72,3 +72,19 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the `tiny` run published (the four graphs and `recommend`)."""
+    from genrec.exporters.publish import publish_run
+
+    repo = tmp_path_factory.mktemp("tiny_repository") / "model_repository"
+    publish_run(tiny_run, repo, progress=lambda m: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_triton(tiny_repository: Path, triton_server: Callable[..., TritonServer]) -> TritonServer:
+    """One Triton serving the published `tiny` run, shared by the client, load-test and dashboard tests."""
+    return triton_server(tiny_repository)
