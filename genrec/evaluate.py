@@ -12,6 +12,7 @@ printed and written to ``bench/results/quality.json`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 
 from genrec.artifacts import DEFAULT_ROOT, latest_run, machine, now_iso, versions, write_json
+from genrec.batching import event_tokens, token_batches
 from genrec.bundle import ModelBundle, load_bundle
 from genrec.data.schema import Dataset
 from genrec.data.split import leave_last_out
+from genrec.ensemble.cascade import CascadeTrace
 from genrec.heldout import heldout_requests
 from genrec.models.sasrec import left_pad
 from genrec.reference import ReferencePipeline
@@ -50,63 +53,128 @@ def dataset_of(bundle: ModelBundle) -> Dataset:
     return ds
 
 
-def evaluate(bundle: ModelBundle, max_users: int | None = None, progress=print) -> dict:
+def default_exclude_seen(bundle: ModelBundle) -> bool:
+    """On for MovieLens-format input (an item is rated at most once), off otherwise."""
+    return bundle.manifest.get("movielens_path") is not None
+
+
+STAGES = ("candidates", "prerank", "final")
+
+
+def stage_hits(tr: CascadeTrace, final: np.ndarray, target: int) -> np.ndarray:
+    """(stage, [any, generation, ANN]) indicators of where one request's target still is: among
+    the merged candidates (~1000), the pre-rank's kept ones (100), the final list (10), and
+    which source found it (generation: in the beams; ANN: among the user's neighbours)."""
+    out = np.zeros((len(STAGES), 3))
+    c = tr.candidates
+    at = np.flatnonzero(c.items == target)
+    if at.size:
+        i = int(at[0])
+        row = (1.0, float(c.in_gen[i]), float(c.in_ann[i]))
+        out[0] = row
+        if np.any(tr.kept == i):
+            out[1] = row
+        if np.any(np.asarray(final) == target):
+            out[2] = row
+    return out
+
+
+def stage_shares(hits: np.ndarray, mean_candidates: float) -> dict[str, dict[str, float]]:
+    """Shares of targets per stage and source from stacked ``stage_hits`` (users, stage, source)."""
+    m = hits.mean(axis=0) if len(hits) else np.zeros((len(STAGES), 3))
+    out = {s: {k: round(float(m[n, c]), 4) for c, k in enumerate(("all", "generation", "ann"))} for n, s in enumerate(STAGES)}
+    out["candidates"]["mean_count"] = round(mean_candidates, 1)
+    return out
+
+
+def evaluate(
+    bundle: ModelBundle, max_users: int | None = None, progress=print, exclude_seen: bool | None = None, keep_rankings: bool = False
+) -> dict:
+    """Every method on the held-out last items. ``exclude_seen`` (default: on for MovieLens-format
+    input) removes each user's earlier items from every method's ranking: the cascade, generation
+    and ANN through the request's ``excluded`` (as serving does), popularity and SASRec by masking.
+    ``keep_rankings``: the result also holds each method's top 10 per user and each user's
+    excluded items (``rankings``, ``excluded``; tests)."""
     torch.set_num_threads(bundle.cfg.train.threads)
+    exclude_seen = default_exclude_seen(bundle) if exclude_seen is None else exclude_seen
     ds = dataset_of(bundle)
     split = leave_last_out(ds.events)
     users = split.eligible_users[:max_users] if max_users else split.eligible_users
-    reqs, targets = heldout_requests(ds, split, users, bundle.cfg.pipeline)
-    order = np.argsort([len(r.history) for r in reqs], kind="stable")  # batch similar lengths
+    pc = bundle.cfg.pipeline
+    reqs, targets = heldout_requests(ds, split, users, pc, exclude_seen=exclude_seen)
+    batches = token_batches([event_tokens(len(r.history)) for r in reqs], pc.token_budget, BATCH)
     rows: list[dict] = []
+    rankings: dict[str, list[np.ndarray]] = {}
 
     def add(method: str, ranked: list[np.ndarray], seconds: float) -> None:
+        if keep_rankings:
+            rankings[method] = [np.asarray(r[:K]) for r in ranked]
         rec, ndcg = metrics_at_k(ranked, targets)
         rows.append({"method": method, "recall@10": round(rec, 4), "ndcg@10": round(ndcg, 4), "seconds": round(seconds, 1)})
         progress(f"  {method:<28} recall@10 {rec:.4f}  ndcg@10 {ndcg:.4f}  ({seconds:.1f}s)")
 
     t0 = time.perf_counter()
-    popular = bundle.catalogue().popular[:K]
-    add("popularity", [popular] * len(reqs), time.perf_counter() - t0)
+    popular = bundle.catalogue().popular
+    if exclude_seen:
+        ranked_pop = [popular[: K + len(r.excluded)][~np.isin(popular[: K + len(r.excluded)], r.excluded)][:K] for r in reqs]
+    else:
+        ranked_pop = [popular[:K]] * len(reqs)
+    add("popularity", ranked_pop, time.perf_counter() - t0)
 
     if bundle.sasrec is not None:
         t0 = time.perf_counter()
         ranked = [np.zeros(0)] * len(reqs)
+        order = np.argsort([len(r.history) for r in reqs], kind="stable")
         for i in range(0, len(order), 256):
             idx = order[i : i + 256]
             seq = left_pad([reqs[j].history.item for j in idx], bundle.n_items, bundle.sasrec.max_len)
-            top = torch.topk(bundle.sasrec.scores(seq), K, dim=1).indices.numpy()
+            scores = bundle.sasrec.scores(seq)
+            if exclude_seen:
+                for row, j in enumerate(idx):
+                    scores[row, torch.from_numpy(reqs[j].excluded)] = -math.inf
+            top = torch.topk(scores, K, dim=1).indices.numpy()
             for j, t in zip(idx, top):
                 ranked[j] = t
         add("sasrec", ranked, time.perf_counter() - t0)
 
     default_on = bundle.cfg.encoder.compression
+    shares: dict[str, dict[str, float]] = {}
     for compression in (default_on, not default_on):
         pipe = ReferencePipeline(bundle, compression=compression)
         t0 = time.perf_counter()
         ann, gen, cascade = ([np.zeros(0)] * len(reqs) for _ in range(3))
-        for i in range(0, len(order), BATCH):
-            idx = order[i : i + BATCH]
-            batch = [reqs[j] for j in idx]
-            enc, traces = pipe.traces(batch)
-            user = enc.user.numpy()
-            for b, (j, tr) in enumerate(zip(idx, traces)):
+        hits = np.zeros((len(reqs), len(STAGES), 3))
+        n_candidates = 0
+        done = 0
+        for bi, idx in enumerate(batches):
+            _, batch_traces = pipe.traces([reqs[j] for j in idx])
+            for j, tr in zip(idx, batch_traces):
                 cascade[j] = pipe.rank(tr, K)[0]
-                ann[j] = np.argsort(-(bundle.item_vectors @ user[b]), kind="stable")[:K]
+                c = tr.candidates
+                ann[j] = c.items[c.in_ann][:K]  # the ANN neighbours, best first, minus excluded items
                 g = tr.generated
                 gen[j] = g.items[np.lexsort((-bundle.items.log_popularity[g.items], -g.logprob))][:K]
-            if (i // BATCH) % 25 == 0:
-                progress(f"  [compression {'on' if compression else 'off'}] {min(i + BATCH, len(order))}/{len(order)} users")
+                hits[j] = stage_hits(tr, cascade[j], int(targets[j]))
+                n_candidates += len(c)
+            done += len(idx)
+            if bi % 25 == 0 or done == len(reqs):
+                progress(f"  [compression {'on' if compression else 'off'}] {done}/{len(reqs)} users")
         seconds = time.perf_counter() - t0
         label = "on" if compression else "off"
         if compression == default_on:
             add("ann_only", ann, seconds)
             add("generation_only", gen, seconds)
             add("cascade", cascade, seconds)
+            shares = stage_shares(hits, n_candidates / max(len(reqs), 1))
         add(f"cascade_compression_{label}", cascade, seconds)
 
     lengths = np.array([len(r.history) for r in reqs])
+    kept = {"rankings": rankings, "excluded": [r.excluded for r in reqs], "targets": targets} if keep_rankings else {}
     return {
+        **kept,
         "rows": rows,
+        "exclude_seen": exclude_seen,
+        "stage_shares": shares,
         "dataset": bundle.manifest["dataset"],
         "data_hash": bundle.manifest["data_hash"],
         "config": bundle.cfg.name,
@@ -125,8 +193,16 @@ def evaluate(bundle: ModelBundle, max_users: int | None = None, progress=print) 
 
 
 def format_table(result: dict) -> str:
-    lines = ["| method | recall@10 | NDCG@10 |", "|---|---|---|"]
+    seen = "seen items excluded" if result.get("exclude_seen") else "seen items not excluded"
+    lines = [f"{result['dataset']}, {result['n_users']} users, held-out last item, {seen}", ""]
+    lines += ["| method | recall@10 | NDCG@10 |", "|---|---|---|"]
     lines += [f"| {r['method']} | {r['recall@10']:.4f} | {r['ndcg@10']:.4f} |" for r in result["rows"]]
+    shares = result.get("stage_shares")
+    if shares:
+        n = shares["candidates"].get("mean_count", 0)
+        names = {"candidates": f"candidates (~{n:.0f})", "prerank": "after pre-rank (100)", "final": "final (10)"}
+        lines += ["", "| cascade: targets kept at | all | found by generation | found by ANN |", "|---|---|---|---|"]
+        lines += [f"| {names[s]} | {shares[s]['all']:.4f} | {shares[s]['generation']:.4f} | {shares[s]['ann']:.4f} |" for s in STAGES]
     return "\n".join(lines)
 
 
@@ -138,13 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, default=DEFAULT_ROOT, help=f"runs folder (default {DEFAULT_ROOT})")
     p.add_argument("--max-users", type=int, default=None, help="evaluate only the first N users (quick checks)")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality.json"), help="results file (default bench/results/quality.json)")
+    p.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exclude each user's earlier items from every method's ranking (default: on for MovieLens-format input, off otherwise)",
+    )
     a = p.parse_args(argv)
     if a.movielens and a.run is None:
         run = train(named_config(a.config), a.movielens, a.artifacts)
     else:
         run = a.run or latest_run(a.artifacts, named_config(a.config).name)
     print(f"[evaluate] {run}", flush=True)
-    result = evaluate(load_bundle(run), a.max_users)
+    result = evaluate(load_bundle(run), a.max_users, exclude_seen=a.exclude_seen)
     print(format_table(result))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.out, result)

@@ -15,11 +15,13 @@ tokens, and the most popular items join the ANN candidates.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from genrec.batching import event_tokens, token_batches
 from genrec.bundle import ModelBundle
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
 from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
@@ -30,6 +32,15 @@ from genrec.ensemble.serving_pipeline import StateCache, encode_with_cache, time
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.ugt_encoder import EncoderOutput, build_tokens
 from genrec.ranker import check_features
+
+
+def stack_outputs(parts: list[EncoderOutput]) -> EncoderOutput:
+    """Single-request encoder outputs as one batch; shorter memories are padded with absent
+    entries (log-weight -inf), which the decoder gives no attention."""
+    m = max(p.memory.shape[1] for p in parts)
+    memory = torch.cat([torch.nn.functional.pad(p.memory, (0, 0, 0, m - p.memory.shape[1])) for p in parts])
+    logw = torch.cat([torch.nn.functional.pad(p.memory_logw, (0, m - p.memory_logw.shape[1]), value=-math.inf) for p in parts])
+    return EncoderOutput(memory, logw, torch.cat([p.user for p in parts]))
 
 
 class TorchCachedStep:
@@ -84,7 +95,29 @@ class ReferencePipeline:
     # ---- stages ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, reqs: list[RecommendRequest]) -> EncoderOutput:
-        """Whole-history encoding of a batch (no cache)."""
+        """Whole-history encoding of a batch (no cache). Histories up to ``dense_max_events`` go
+        through the padded dense graph together; longer ones block by block through the
+        incremental encoder (the serving path's; same outputs), so no (L x L) matrix is built
+        for a long history. The caller bounds the batch's tokens (``traces`` does)."""
+        long = [i for i, r in enumerate(reqs) if len(r.history) > self.cfg.dense_max_events]
+        if not long:
+            return self._encode_dense(reqs)
+        parts: list[EncoderOutput | None] = [None] * len(reqs)
+        short = sorted(set(range(len(reqs))) - set(long))
+        if short:
+            dense = self._encode_dense([reqs[i] for i in short])
+            for row, i in enumerate(short):
+                parts[i] = EncoderOutput(dense.memory[row : row + 1], dense.memory_logw[row : row + 1], dense.user[row : row + 1])
+        inc = self.b.encoder.incremental(self.compression)
+        for i in long:
+            r = reqs[i]
+            state = inc.extend(inc.init_state(), r.history, r.segment)
+            q = inc.query(state, r.ctx_device, r.request_time(), r.segment)
+            t = torch.from_numpy
+            parts[i] = EncoderOutput(t(q.memory)[None], t(q.memory_logw)[None], t(q.user)[None])
+        return stack_outputs([p for p in parts if p is not None])
+
+    def _encode_dense(self, reqs: list[RecommendRequest]) -> EncoderOutput:
         tokens = build_tokens(
             [r.history for r in reqs], [r.segment for r in reqs], [r.ctx_device for r in reqs], [r.request_time() for r in reqs]
         )
@@ -120,11 +153,22 @@ class ReferencePipeline:
 
     # ---- whole requests -------------------------------------------------------------------------
     def traces(self, reqs: list[RecommendRequest]) -> tuple[EncoderOutput, list[CascadeTrace]]:
-        enc = self.encode(reqs)
-        gens, _ = self.generate(enc, reqs)
-        user = enc.user.numpy()
-        anns = self.retrieve(user, reqs)
-        return enc, [self.cascade(g, user[i], anns[i], reqs[i]) for i, g in enumerate(gens)]
+        """Every request's cascade trace and encoder output (in the given order), run in batches
+        of similar length capped at ``pipeline.token_budget`` tokens: memory stays bounded
+        whatever the history lengths."""
+        tokens = [event_tokens(len(r.history)) for r in reqs]
+        outs: list[EncoderOutput | None] = [None] * len(reqs)
+        traces: list[CascadeTrace | None] = [None] * len(reqs)
+        for idx in token_batches(tokens, self.cfg.token_budget, len(reqs)):
+            batch = [reqs[i] for i in idx]
+            enc = self.encode(batch)
+            gens, _ = self.generate(enc, batch)
+            user = enc.user.numpy()
+            anns = self.retrieve(user, batch)
+            for row, i in enumerate(idx):
+                traces[i] = self.cascade(gens[row], user[row], anns[row], batch[row])
+                outs[i] = EncoderOutput(enc.memory[row : row + 1], enc.memory_logw[row : row + 1], enc.user[row : row + 1])
+        return stack_outputs([o for o in outs if o is not None]), [t for t in traces if t is not None]
 
     def retrieve(self, user: np.ndarray, reqs: list[RecommendRequest]) -> list[np.ndarray]:
         """ANN neighbours of each user vector, minus the request's excluded items."""

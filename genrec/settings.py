@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 ENV_PREFIX = "GENREC_"
+DATA_PRESETS = ("default", "realistic")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,19 @@ class DataConfig:
     p_successor: float = 0.35  # next event is the item's successor ("what follows what")
     p_category_transition: float = 0.25  # next event is from the next category of the chain
     seed: int = 0
+    # "default": the generator above; "realistic": shaped like rating data (each item at most
+    # once per user, heavy-tailed activity, bursts of equal timestamps, ratings 1-5 -> actions)
+    preset: str = "default"
+    heavy_users: int = 0  # users given heavy_min_events..heavy_max_events events (memory tests)
+    heavy_min_events: int = 3_000
+    heavy_max_events: int = 4_096
+    rating_history_sigma: float = 1.1  # realistic preset: log-normal spread of events per user
+    rating_history_max: int = 3_000  # realistic preset: the heaviest users
+    rating_burst: float = 0.6  # realistic preset: chance a rating shares the previous one's timestamp
+
+    def __post_init__(self) -> None:
+        if self.preset not in DATA_PRESETS:
+            raise ValueError(f"data.preset={self.preset!r}: expected one of {', '.join(map(repr, DATA_PRESETS))}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,9 @@ class TrainConfig:
     ranker_rounds: int = 200
     seed: int = 0
     threads: int = 2
+    token_budget: int = 65_536  # tokens per training batch (batch x longest sample), whatever the data
+    patience: int = 2  # epochs without a better validation score before training stops
+    validation_users: int = 1_000  # validation targets scored after each epoch (early stopping)
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,11 @@ class PipelineConfig:
     max_excluded_items: int = 1_000
     max_user_id_bytes: int = 256  # the encoder-state cache key, in UTF-8 bytes
     max_timestamp: int = 4_102_444_800  # 2100-01-01: later (or negative) times are a unit mistake
+    # Offline batches (evaluation, ranker fit, reference): at most `token_budget` encoder tokens
+    # per batch (requests x longest), and histories over `dense_max_events` are encoded block by
+    # block through the incremental encoder (same outputs) instead of padded dense attention.
+    token_budget: int = 16_384
+    dense_max_events: int = 256
 
 
 class Execution(str, Enum):

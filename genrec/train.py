@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from genrec.artifacts import DEFAULT_ROOT, machine, new_run, now_iso, versions, write_json
+from genrec.batching import chunk_by_tokens, event_tokens
 from genrec.bundle import ModelBundle, build_models, sasrec_for
 from genrec.data.movielens import load_movielens
 from genrec.data.schema import Dataset
@@ -78,9 +79,10 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
         enc.train()
         dec.train()
         samples = draw_samples(split, cfg, rng)
-        # batches of similar length (little padding), visited in random order
+        # batches of similar length (little padding), capped by tokens, visited in random order
         samples.sort(key=lambda s: (s.end - s.start, rng.random()))
-        batches = [samples[i : i + tc.batch_size] for i in range(0, len(samples), tc.batch_size)]
+        sizes = [event_tokens(s.end - s.start) for s in samples]
+        batches = [samples[sl] for sl in chunk_by_tokens(sizes, tc.token_budget, tc.batch_size)]
         t0, totals, n = time.perf_counter(), np.zeros(3), 0
         for bi in rng.permutation(len(batches)):
             batch = batches[bi]
@@ -152,7 +154,7 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> 
     reqs, targets = heldout_requests(ds, split, users, pipeline.cfg, target="validation")
     traces = []
     for i in range(0, len(reqs), 32):
-        _, batch_traces = pipeline.traces(reqs[i : i + 32])
+        _, batch_traces = pipeline.traces(reqs[i : i + 32])  # within pipeline.token_budget tokens per batch
         traces += batch_traces
         if (i // 32) % 10 == 0:
             log(f"  cascade traces {min(i + 32, len(reqs))}/{len(reqs)}")

@@ -16,7 +16,8 @@ import numpy as np
 from genrec.data.schema import Action, Dataset, Events, ItemKind, ItemMetadata, Users
 from genrec.errors import InvalidValueError
 
-_RATING_TO_ACTION = np.array([Action.VIEW, Action.VIEW, Action.VIEW, Action.CLICK, Action.LIKE, Action.PURCHASE], dtype=np.int8)
+# rating 0..5 -> action (0 never occurs in the files; it maps like 1)
+RATING_TO_ACTION = np.array([Action.VIEW, Action.VIEW, Action.VIEW, Action.CLICK, Action.LIKE, Action.PURCHASE], dtype=np.int8)
 _GENRES_1M = "Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir Horror Musical Mystery Romance Sci-Fi Thriller War Western".split()
 
 
@@ -91,7 +92,7 @@ def load_movielens(path: str | Path, n_devices: int = 3) -> Dataset:
     events = Events(
         user=user.astype(np.int32),
         item=item.astype(np.int32),
-        action=_RATING_TO_ACTION[rating],
+        action=RATING_TO_ACTION[rating],
         timestamp=ts.astype(np.int64),
         device=np.zeros(len(user), dtype=np.int8),
         n_users=n_users,

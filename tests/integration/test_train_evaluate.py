@@ -80,16 +80,19 @@ def test_every_command_has_help(cmd):
 
 
 def test_evaluate_trains_and_scores_a_movielens_file(tmp_path):
-    """The same command on a MovieLens-format file (written here from synthetic events)."""
+    """The same command on a MovieLens-format file, written here from the rating-shaped preset
+    (each item once per user, sittings of equal timestamps); seen items are excluded by default."""
     from genrec.data.synthetic import generate
     from genrec.settings import DataConfig
 
-    ds = generate(DataConfig(n_items=400, n_users=150, n_categories=8, n_authors=40, n_text_tokens=40, history_median=15, history_max=60))
-    ev = ds.events
-    lines = [f"{u + 1}\t{i + 1}\t{a + 2}\t{t}" for u, i, a, t in zip(ev.user, ev.item, ev.action, ev.timestamp)]
+    cfg = DataConfig(n_items=400, n_users=150, n_categories=8, n_authors=40, n_text_tokens=40, history_median=15, preset="realistic")
+    ev = generate(cfg).events
+    rating = {0: 2, 1: 3, 2: 4, 3: 5}  # the loader's action of each rating (1-2 view, 3 click, 4 like, 5 purchase)
+    lines = [f"{u + 1}\t{i + 1}\t{rating[int(a)]}\t{t}" for u, i, a, t in zip(ev.user, ev.item, ev.action, ev.timestamp)]
     path = tmp_path / "u.data"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "quality.json"
     assert evaluate_main(["--movielens", str(path), "--config", "tiny", "--artifacts", str(tmp_path / "runs"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["dataset"] == "movielens:u.data" and {r["method"] for r in result["rows"]} == METHODS
+    assert result["exclude_seen"] is True and set(result["stage_shares"]) == {"candidates", "prerank", "final"}

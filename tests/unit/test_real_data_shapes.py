@@ -1,0 +1,70 @@
+"""Token-capped batching and the synthetic presets of issue 10 (heavy users, rating-shaped data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genrec.batching import chunk_by_tokens, token_batches
+from genrec.data.synthetic import generate
+from genrec.settings import DataConfig
+
+SMALL = DataConfig(n_items=1500, n_users=300, n_categories=12, n_authors=120, n_text_tokens=120, history_median=25, history_max=120)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.integers(2, 9000), max_size=60), st.integers(1, 20_000), st.integers(1, 40))
+def test_token_batches_cover_every_index_once_within_the_budget(tokens, budget, max_batch):
+    batches = token_batches(tokens, budget, max_batch)
+    flat = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+    assert sorted(flat.tolist()) == list(range(len(tokens)))
+    for b in batches:
+        longest = max(tokens[i] for i in b)
+        assert len(b) <= max_batch
+        assert len(b) == 1 or len(b) * longest <= budget  # a single over-budget history goes alone
+    # shortest first: batches are consecutive runs of the length order
+    assert [tokens[i] for i in flat] == sorted(tokens)
+
+
+def test_chunks_are_consecutive_slices():
+    assert chunk_by_tokens([10, 10, 20, 40, 100], budget=60, max_batch=8) == [slice(0, 3), slice(3, 4), slice(4, 5)]
+
+
+def test_default_data_is_unchanged_by_the_new_options():
+    base = generate(SMALL)
+    assert generate(DataConfig(**{**SMALL.__dict__, "heavy_users": 0})).content_hash() == base.content_hash()
+
+
+def test_heavy_users_have_thousands_of_events():
+    ds = generate(DataConfig(**{**SMALL.__dict__, "heavy_users": 3}))
+    counts = np.bincount(ds.events.user)
+    heavy = counts[counts >= 3_000]
+    assert heavy.size == 3 and heavy.max() <= 4_096
+    assert np.sort(counts)[-4] <= SMALL.history_max
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    return generate(DataConfig(**{**SMALL.__dict__, "n_users": 400, "preset": "realistic", "rating_history_max": 1_000}))
+
+
+def test_rating_preset_is_shaped_like_rating_data(ratings):
+    ev = ratings.events
+    assert ratings.name.startswith("ratings-")
+    pairs = ev.user.astype(np.int64) * ratings.item_metadata.n_items + ev.item
+    assert np.unique(pairs).size == len(ev)  # each item at most once per user
+    same = ev.user[1:] == ev.user[:-1]
+    dt = np.diff(ev.timestamp)[same]
+    assert np.all(dt >= 0) and (dt == 0).mean() > 0.3  # sittings: many ratings share a timestamp
+    counts = np.bincount(ev.user)
+    assert counts.max() > 8 * np.median(counts)  # heavy-tailed activity
+    assert set(np.unique(ev.action)) == {0, 1, 2, 3}  # ratings 1-5 mapped to the four actions
+
+
+def test_rating_preset_is_deterministic_and_selectable(ratings):
+    cfg = DataConfig(**{**SMALL.__dict__, "n_users": 400, "preset": "realistic", "rating_history_max": 1_000})
+    assert generate(cfg).content_hash() == ratings.content_hash()
+    with pytest.raises(ValueError, match="preset"):
+        DataConfig(preset="movielens")
