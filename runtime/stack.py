@@ -14,8 +14,8 @@ what runs and is healthy.
 
 Existing servers instead of starting them (environment):
     REDIS_URL=redis://host:6379/0            use this Redis (not started, not stopped)
-    TRITON_HTTP_URL=host:8000                use this Triton (not started, not stopped; it must
-    TRITON_GRPC_URL=host:8001                already serve `recommend`); give both when you can
+    TRITON_GRPC_URL=host:8001                use this Triton (not started, published to or stopped;
+    TRITON_HTTP_URL=host:8000                it must serve `recommend`); HTTP (optional) for health
 
 Ports default to 3000 (feed), 8000/8001/8002 (Triton HTTP/gRPC/metrics), 6379 (Redis); `--free-ports`
 picks free ones (tests, a second stack). The state folder (default build/stack, or
@@ -170,15 +170,23 @@ class Stack:
             for k, v in (("redis", _env("REDIS_URL")), ("triton_http", _env("TRITON_HTTP_URL")), ("triton_grpc", _env("TRITON_GRPC_URL")))
             if v
         }
+        if st.external.get("triton_http") and not st.external.get("triton_grpc"):
+            raise StackError("TRITON_HTTP_URL is set: set TRITON_GRPC_URL too (the feed service calls Triton over gRPC)")
         st.ports = self._ports(old, ports, free_ports)
         st.seeded = dict(old.seeded) if old else {}
 
+        repo = (repository or (REPO_ROOT / "model_repository" if config == "small" else self.dir / f"model_repository_{config}")).resolve()
+        st.repository = str(repo)
+        alive = [n for n in SERVICES if self.pid(n) is not None]
+        if old is not None and alive and (old.config != config or Path(old.repository) != repo):
+            raise StackError(
+                f"a `{old.config}` stack on {_rel(Path(old.repository))} runs here ({', '.join(alive)}): "
+                f"stop it first (genrec-stack down{_state_arg(self)}) or use another --state-dir"
+            )
         run = (run or self._latest_or_train(config)).resolve()
         st.run = str(run)
         say(f"run: {_rel(run)}")
         external_triton = bool(st.external.get("triton_http") or st.external.get("triton_grpc"))
-        repo = (repository or (REPO_ROOT / "model_repository" if config == "small" else self.dir / f"model_repository_{config}")).resolve()
-        st.repository = str(repo)
         if not external_triton:
             running = self.pid("triton") is not None and self.healthy("triton", st)
             self._publish(run, config, repo, results, st.triton_http if running else None)
