@@ -13,6 +13,9 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from genrec.feed.events import BatchPlan
 from genrec.feed.history import History, unpack
@@ -45,8 +48,14 @@ class EventStore:
     def __init__(
         self, url: str, timeout_s: float, history_cap: int, impression_cap: int, relation_cap: int, idempotency_ttl_s: int
     ) -> None:
+        # one retry, on a connection error only: a pooled connection broken by a Redis restart is
+        # replaced instead of failing the request (the service recovers without a restart)
         self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False, health_check_interval=0
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self.history_cap = history_cap
         self.impression_cap = impression_cap

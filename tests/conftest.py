@@ -3,7 +3,13 @@ loopback ports. Every test and benchmark starts its servers through ``genrec.run
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,3 +94,69 @@ def tiny_repository(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_triton(tiny_repository: Path, triton_server: Callable[..., TritonServer]) -> TritonServer:
     """One Triton serving the published `tiny` run, shared by the client, load-test and dashboard tests."""
     return triton_server(tiny_repository)
+
+
+class BentoServe:
+    """``bentoml serve genrec.feed.service:FeedService`` on a free port, as a subprocess (own
+    process group), ready once ``/readyz`` answers 200; stopped with its group."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.port = port or _free_port()
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> BentoServe:
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "GENREC_FEED__PORT": str(self.port), **self.env}
+        cmd = [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "genrec.feed.service:FeedService",
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+        ]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}; log: {self.log}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"the feed service was not ready within {timeout} s; log: {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def feed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., BentoServe]]:
+    """Factory: ``feed_service(**env)`` starts the BentoML feed service (env: ``GENREC_FEED__...``)
+    on a free port and waits for /readyz; every service it started is stopped at the end."""
+    started: list[BentoServe] = []
+
+    def start(**env: str) -> BentoServe:
+        service = BentoServe(env, tmp_path_factory.mktemp("feed") / "bentoml.log")
+        started.append(service)
+        return service.start()
+
+    yield start
+    for service in started:
+        service.stop()

@@ -1,0 +1,185 @@
+"""The feed service: ``bentoml serve genrec.feed.service:FeedService --port 3000``.
+
+Thin adapters: parse (typed parameters, so BentoML validates them and documents them in its
+OpenAPI at /docs.json), call ``handlers.FeedApp``, wrap the answer in the envelope. Settings
+come from ``GENREC_FEED__<FIELD>`` (genrec.settings.FeedConfig), read at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from genrec.feed.catalogue import FeedCatalogue, latest_run
+from genrec.feed.cursor import MAX_CURSOR_CHARS, CursorCodec
+from genrec.feed.envelope import ErrorKind, FeedError, error_body, ok_body
+from genrec.feed.event_store import EventStore
+from genrec.feed.events import Device, Event, UserId
+from genrec.feed.handlers import FeedAnswer, FeedApp
+from genrec.feed.http import FeedMiddleware, items_app
+from genrec.feed.logs import feed_logger, log_event, request_id_var
+from genrec.feed.metrics import bounded_exposition
+from genrec.feed.recommender import TritonRecommender
+from genrec.feed.signing import DEV_SIGNING_KEY
+from genrec.feed.tokens import EventTokens
+from genrec.settings import Config, env_overrides, with_overrides
+
+CFG = with_overrides(Config(), {k: v for k, v in env_overrides().items() if k.startswith("feed.")}).feed
+log = feed_logger()
+_APP: FeedApp | None = None
+Short = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+Count = Annotated[int, Field(ge=1, le=CFG.max_count)]
+CursorText = Annotated[str, Field(min_length=1, max_length=MAX_CURSOR_CHARS)]
+EventBatch = Annotated[list[Event], Field(min_length=1, max_length=CFG.max_events_per_batch)]
+
+
+class FeedRequest(BaseModel):
+    """The body of POST /v1/feed (the same fields as ``FeedService.feed``), checked by the
+    middleware first so a 422 names every bad field."""
+
+    model_config = ConfigDict(extra="ignore")
+    user_id: UserId
+    count: Count = CFG.default_count
+    cursor: CursorText | None = None
+    scene: Short = "home"
+    device: Device = "mobile"
+    geo: Short | None = None
+    ab_bucket: Short | None = None
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    user_id: UserId
+    events: EventBatch
+
+
+def build_app() -> FeedApp:
+    run = Path(CFG.run_dir) if CFG.run_dir else latest_run(Path("artifacts/runs"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    pipeline = json.loads((run / "config.json").read_text())["pipeline"]
+    catalogue = FeedCatalogue.load(run, Path(CFG.model_repository))
+    if CFG.signing_key == DEV_SIGNING_KEY:
+        log_event(
+            log,
+            logging.WARNING,
+            "GENREC_FEED__SIGNING_KEY is the development default: cursors and event tokens can be forged; set a secret",
+        )
+    store = EventStore(
+        CFG.redis_url,
+        CFG.redis_timeout_s,
+        int(pipeline["max_history_events"]),
+        CFG.max_impressions,
+        CFG.max_relations,
+        CFG.idempotency_ttl_s,
+    )
+    log_event(
+        log,
+        logging.INFO,
+        "feed service set up",
+        run=str(run),
+        items=catalogue.n_items,
+        vectors=catalogue.source,
+        triton=CFG.triton_grpc_url,
+    )
+    return FeedApp(
+        CFG,
+        catalogue,
+        int(manifest["n_devices"]),
+        int(pipeline["max_excluded_items"]),
+        store,
+        TritonRecommender(CFG.triton_grpc_url, CFG.triton_timeout_s),
+        CursorCodec(CFG.signing_key, CFG.cursor_ttl_s, CFG.max_session_items),
+        EventTokens(CFG.signing_key, CFG.event_token_ttl_s),
+    )
+
+
+def _handlers() -> FeedApp:
+    if _APP is None:
+        raise FeedError(ErrorKind.UNAVAILABLE, "the service is starting")
+    return _APP
+
+
+def _answer(ctx: bentoml.Context, answer: FeedAnswer) -> dict[str, Any]:
+    for k, v in answer.headers.items():
+        ctx.response.headers[k] = v
+    data = json.loads(answer.data) if isinstance(answer.data, bytes) else answer.data
+    return ok_body(data, request_id_var.get())
+
+
+def _error(ctx: bentoml.Context, e: FeedError) -> dict[str, Any]:
+    ctx.response.status_code = e.status
+    return error_body(e.kind, e.msg, request_id_var.get())
+
+
+@bentoml.asgi_app(items_app(_handlers), path="/v1/items")
+@bentoml.service(
+    name="genrec-feed",
+    traffic={"timeout": CFG.request_timeout_s, "max_concurrency": CFG.max_concurrency},
+    http={"port": CFG.port},
+    workers=1,
+)
+class FeedService:
+    def __init__(self) -> None:
+        global _APP
+        _APP = self.app = build_app()
+
+    async def __is_ready__(self) -> bool:
+        return await self.app.ready()
+
+    def __metrics__(self, content: str) -> str:
+        return bounded_exposition(content)
+
+    @bentoml.api(route="/v1/feed")
+    async def feed(
+        self,
+        ctx: bentoml.Context,
+        user_id: UserId,
+        count: Count = CFG.default_count,
+        cursor: CursorText | None = None,
+        scene: Short = "home",
+        device: Device = "mobile",
+        geo: Short | None = None,
+        ab_bucket: Short | None = None,
+    ) -> dict[str, Any]:
+        """A page of the user's feed: content and products, positioned, with a cursor for the next page."""
+        try:
+            return _answer(ctx, await self.app.feed(user_id, count, cursor, device))
+        except FeedError as e:
+            return _error(ctx, e)
+
+    @bentoml.api(route="/v1/events")
+    async def events(
+        self,
+        ctx: bentoml.Context,
+        user_id: UserId,
+        events: EventBatch,
+    ) -> dict[str, Any]:
+        """A batch of one user's events, stored in one atomic step; idempotent under an Idempotency-Key header."""
+        try:
+            key = ctx.request.headers.get("idempotency-key")
+            if key is not None and not _valid_key(key):
+                raise FeedError(ErrorKind.BAD_REQUEST, "Idempotency-Key: 1-128 characters of A-Z a-z 0-9 _ . : -")
+            return _answer(ctx, await self.app.events(user_id, events, key))
+        except FeedError as e:
+            return _error(ctx, e)
+
+
+def _valid_key(key: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", key))
+
+
+_service: Any = FeedService  # a bentoml Service (typed as the class by the decorator)
+_service.add_asgi_middleware(
+    FeedMiddleware,
+    max_body_bytes=CFG.max_body_bytes,
+    validators={"/v1/feed": FeedRequest.model_validate, "/v1/events": EventsRequest.model_validate},
+)
