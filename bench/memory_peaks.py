@@ -38,9 +38,9 @@ def peak_rss(cmd: list[str], env: dict[str, str] | None = None, log: Path | None
 
 
 def train_and_evaluate(config: str, artifacts: Path, env: dict[str, str], quality_out: Path, log: Path | None = None) -> dict:
-    """``genrec-train`` then ``genrec-evaluate --exclude-seen`` on its run, each measured."""
+    """``genrec-train`` then ``genrec-evaluate`` on its run, both with ``--exclude-seen``, each measured."""
     py = sys.executable
-    train = peak_rss([py, "-m", "genrec.train", "--config", config, "--artifacts", str(artifacts)], env, log)
+    train = peak_rss([py, "-m", "genrec.train", "--config", config, "--artifacts", str(artifacts), "--exclude-seen"], env, log)
     if train["returncode"] != 0:
         return {"train": train}
     cmd = [py, "-m", "genrec.evaluate", "--config", config, "--artifacts", str(artifacts), "--exclude-seen", "--out", str(quality_out)]
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     a.quality_dir.mkdir(parents=True, exist_ok=True)
     sets = {"default": {}, "heavy": {"GENREC_DATA__HEAVY_USERS": str(a.heavy_users)}}
     chosen = list(sets) if a.data == "both" else [a.data]
-    result = json.loads(a.out.read_text()) if a.out.exists() else {}
-    result.setdefault("runs", {})
+    measured = {}
     for name in chosen:
         print(f"[memory] {a.config} on {name} data: genrec-train, then genrec-evaluate --exclude-seen", flush=True)
         quality = a.quality_dir / f"quality_{a.config}_{name}.json"
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             q = json.loads(quality.read_text())
             r["history_events"] = q["history_events"]
             r["dataset"] = q["dataset"]
-        result["runs"][f"{a.config}/{name}"] = {**r, "env": sets[name], "created": now_iso()}
+        measured[f"{a.config}/{name}"] = {**r, "env": sets[name], "created": now_iso()}
         print(
             f"[memory] {a.config}/{name}: "
             + ", ".join(
@@ -80,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+    # read just before writing: two invocations (one per data set) may run side by side
+    result = json.loads(a.out.read_text()) if a.out.exists() else {}
+    result["runs"] = {**result.get("runs", {}), **measured}
     result.update({"method": "os.wait4 ru_maxrss of each command's subprocess", "versions": versions(), "machine": machine()})
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.out, result)

@@ -11,6 +11,7 @@ The run lands in ``artifacts/runs/<config>-<NNN>/`` (never overwritten); see ``g
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from genrec.models.sasrec import SASRec, left_pad
 from genrec.models.ugt_encoder import UGTEncoder, build_tokens
 from genrec.ranker import train_ranker
 from genrec.reference import ReferencePipeline
-from genrec.settings import Config, named_config
+from genrec.settings import DATA_PRESETS, Config, named_config
 
 PRERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -67,7 +68,84 @@ def draw_samples(split: Split, cfg: Config, rng: np.random.Generator) -> list[Sa
     return out
 
 
-def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
+def validation_users(split: Split, cfg: Config) -> np.ndarray:
+    """The users whose validation targets decide early stopping (a fixed sample, sorted)."""
+    rng = np.random.default_rng(cfg.train.seed + 2)
+    n = min(cfg.train.validation_users, split.eligible_users.size)
+    return np.sort(rng.choice(split.eligible_users, size=n, replace=False))
+
+
+def validation_samples(split: Split, cfg: Config) -> list[Sample]:
+    """One sample per validation user: the validation target after the latest training events."""
+    out = []
+    for u in validation_users(split, cfg):
+        end = int(split.offsets[u + 1]) - 2  # the validation target (leave-last-out)
+        out.append(Sample(int(u), end, max(int(split.offsets[u]), end - cfg.train.max_train_events)))
+    return sorted(out, key=lambda s: s.end - s.start)
+
+
+@torch.no_grad()
+def validation_score(ds: Dataset, samples: list[Sample], enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
+    """Losses on the validation targets (the early-stopping criterion: generation + weighted
+    retrieval, in the served compression mode) and the user vector's recall@10 (reported)."""
+    enc.eval()
+    dec.eval()
+    ev, codes, tc = ds.events, enc.item_codes, cfg.train
+    item_vecs = enc.item_embeddings()
+    gen_sum = ret_sum = hits = 0.0
+    sizes = [event_tokens(s.end - s.start) for s in samples]
+    for sl in chunk_by_tokens(sizes, tc.token_budget, tc.batch_size):
+        batch = samples[sl]
+        tokens = build_tokens(
+            [history_slice(ds, s.start, s.end) for s in batch],
+            [int(ds.users.segment[s.user]) for s in batch],
+            [int(ev.device[s.end]) for s in batch],
+            [int(ev.timestamp[s.end]) for s in batch],
+        )
+        target = torch.tensor([int(ev.item[s.end]) for s in batch])
+        out = enc.forward_dense(tokens, compression=cfg.encoder.compression)
+        logits, _ = dec(out.memory, out.memory_logw, codes[target])
+        gen_sum += float(sum(F.cross_entropy(lg, codes[target, level], reduction="sum") for level, lg in enumerate(logits)))
+        scores = out.user @ item_vecs.T
+        ret_sum += float(F.cross_entropy(scores, target, reduction="sum"))
+        hits += float((torch.topk(scores, 10, dim=1).indices == target[:, None]).any(dim=1).sum())
+    n = max(len(samples), 1)
+    gen, ret = gen_sum / n, ret_sum / n
+    return {"loss": gen + tc.retrieval_weight * ret, "generation_loss": gen, "retrieval_loss": ret, "ann_recall@10": hits / n}
+
+
+class EarlyStopping:
+    """Keeps the best state seen (by ``better``) and says when ``patience`` epochs passed without one."""
+
+    def __init__(self, patience: int, modules: list[torch.nn.Module]) -> None:
+        self.patience, self.modules = patience, modules
+        self.best: float | None = None
+        self.best_epoch, self.bad = 0, 0
+        self.state: list[dict[str, torch.Tensor]] = []
+        self.history: list[dict[str, float]] = []
+
+    def update(self, epoch: int, value: float, scores: dict[str, float], higher_is_better: bool) -> bool:
+        """Record an epoch; True when training should stop."""
+        self.history.append({"epoch": epoch, **{k: round(v, 5) for k, v in scores.items()}})
+        improved = self.best is None or (value > self.best if higher_is_better else value < self.best)
+        if improved:
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            self.state = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules]
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self) -> dict[str, object]:
+        for m, st in zip(self.modules, self.state):
+            m.load_state_dict(st)
+        return {"best_epoch": self.best_epoch, "epochs_run": len(self.history), "patience": self.patience, "validation": self.history}
+
+
+def train_generative(
+    ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder, cfg: Config
+) -> tuple[dict[str, float], dict[str, object]]:
+    """Train until ``train.epochs`` or until the validation loss has not improved for
+    ``train.patience`` epochs; the best epoch's weights are kept."""
     tc = cfg.train
     rng = np.random.default_rng(tc.seed)
     params = list(enc.parameters()) + list(dec.parameters())
@@ -75,6 +153,8 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
     codes = enc.item_codes
     ev = ds.events
     history = {}
+    val_samples = validation_samples(split, cfg)
+    stopper = EarlyStopping(tc.patience, [enc, dec])
     for epoch in range(tc.epochs):
         enc.train()
         dec.train()
@@ -108,15 +188,41 @@ def train_generative(ds: Dataset, split: Split, enc: UGTEncoder, dec: MoEDecoder
             n += 1
         totals /= max(n, 1)
         history = {"generation_loss": totals[0], "retrieval_loss": totals[1], "balance_loss": totals[2]}
+        val = validation_score(ds, val_samples, enc, dec, cfg)
         log(
-            f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples)"
+            f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} | validation loss {val['loss']:.3f} ANN recall@10 {val['ann_recall@10']:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples)"
         )
+        if stopper.update(epoch + 1, val["loss"], val, higher_is_better=False):
+            log(f"  early stop: no better validation loss for {tc.patience} epochs")
+            break
+    report = stopper.restore()
+    log(f"  kept epoch {report['best_epoch']} (validation loss {stopper.best:.3f})")
     enc.eval()
     dec.eval()
-    return history
+    return history, report
 
 
-def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]:
+@torch.no_grad()
+def sasrec_validation_recall(model: SASRec, ds: Dataset, split: Split, users: np.ndarray, exclude_seen: bool, k: int = 10) -> float:
+    """Recall@k of the validation targets (seen items masked when the protocol excludes them)."""
+    model.eval()
+    hits = 0
+    for i in range(0, users.size, 256):
+        batch = users[i : i + 256]
+        hist = [ds.events.item[int(split.offsets[u]) : int(split.offsets[u + 1]) - 2] for u in batch]
+        scores = model.scores(left_pad(hist, model.n_items, model.max_len))
+        if exclude_seen:
+            for row, h in enumerate(hist):
+                scores[row, torch.from_numpy(h.astype(np.int64))] = -math.inf
+        top = torch.topk(scores, k, dim=1).indices.numpy()
+        targets = np.array([ds.events.item[int(split.offsets[u + 1]) - 2] for u in batch])
+        hits += int((top == targets[:, None]).any(axis=1).sum())
+    return hits / max(users.size, 1)
+
+
+def train_sasrec(ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = False) -> tuple[SASRec, float, dict[str, object]]:
+    """Train until ``train.sasrec_epochs`` or until validation recall@10 has not improved for
+    ``train.patience`` epochs; the best epoch's weights are kept."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     model = sasrec_for(cfg, ds.item_metadata.n_items)
@@ -125,6 +231,8 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]
     n_items, max_len = ds.item_metadata.n_items, tc.max_train_events
     seqs = [ds.events.item[int(split.offsets[u]) : int(split.train_end[u])] for u in split.eligible_users]
     loss_val = float("nan")
+    val_users = validation_users(split, cfg)
+    stopper = EarlyStopping(tc.patience, [model])
     for epoch in range(tc.sasrec_epochs):
         model.train()
         order = rng.permutation(len(seqs))
@@ -140,18 +248,26 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config) -> tuple[SASRec, float]
             total += loss.item()
             n += 1
         loss_val = total / max(n, 1)
-        if (epoch + 1) % max(1, tc.sasrec_epochs // 4) == 0 or epoch + 1 == tc.sasrec_epochs:
-            log(f"  sasrec epoch {epoch + 1}/{tc.sasrec_epochs}: loss {loss_val:.3f} ({time.perf_counter() - t0:.1f}s)")
+        recall = sasrec_validation_recall(model, ds, split, val_users, exclude_seen)
+        log(
+            f"  sasrec epoch {epoch + 1}/{tc.sasrec_epochs}: loss {loss_val:.3f} | validation recall@10 {recall:.4f} ({time.perf_counter() - t0:.1f}s)"
+        )
+        if stopper.update(epoch + 1, recall, {"train_loss": loss_val, "recall@10": recall}, higher_is_better=True):
+            log(f"  early stop: no better validation recall for {tc.patience} epochs")
+            break
+    report = stopper.restore()
+    log(f"  kept sasrec epoch {report['best_epoch']} (validation recall@10 {stopper.best:.4f})")
     model.eval()
-    return model, loss_val
+    return model, loss_val, report
 
 
-def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> dict[str, float]:
-    """Choose the pre-rank weight, then train the ranker, on validation targets."""
+def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = False) -> dict[str, float]:
+    """Choose the pre-rank weight, then train the ranker, on validation targets (under the
+    evaluation protocol: with ``exclude_seen`` the requests exclude the user's earlier items)."""
     rng = np.random.default_rng(cfg.train.seed + 1)
     users = rng.choice(split.eligible_users, size=min(cfg.train.ranker_users, split.eligible_users.size), replace=False)
     pipeline = ReferencePipeline(bundle)
-    reqs, targets = heldout_requests(ds, split, users, pipeline.cfg, target="validation")
+    reqs, targets = heldout_requests(ds, split, users, pipeline.cfg, target="validation", exclude_seen=exclude_seen)
     traces = []
     for i in range(0, len(reqs), 32):
         _, batch_traces = pipeline.traces(reqs[i : i + 32])  # within pipeline.token_budget tokens per batch
@@ -182,18 +298,22 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config) -> 
     }
 
 
-def train(cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, skip_sasrec: bool = False) -> Path:
+def train(
+    cfg: Config, movielens: str | None = None, root: Path = DEFAULT_ROOT, skip_sasrec: bool = False, exclude_seen: bool | None = None
+) -> Path:
+    """Train a run. ``exclude_seen`` (default: on for MovieLens-format input, as genrec-evaluate)
+    is the protocol the ranker and SASRec's early stopping are fitted under."""
     # Reproducible runs: without this the MoE's scatter-add (index_put accumulate) sums in a
     # thread-dependent order and two runs drift apart (measured: 4e-4 in decoder weights).
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(cfg, movielens, root, skip_sasrec)
+        return _train(cfg, movielens, root, skip_sasrec, movielens is not None if exclude_seen is None else exclude_seen)
     finally:
         torch.use_deterministic_algorithms(was)
 
 
-def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) -> Path:
+def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, exclude_seen: bool) -> Path:
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     timings: dict[str, float] = {}
@@ -204,7 +324,9 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
         log(f"[{name}] done in {timings[name]:.1f}s")
 
     t0 = time.perf_counter()
-    log(f"[data] {'MovieLens ' + movielens if movielens else f'synthetic {cfg.data.n_items} items x {cfg.data.n_users} users'}")
+    log(
+        f"[data] {'MovieLens ' + movielens if movielens else f'synthetic ({cfg.data.preset}) {cfg.data.n_items} items x {cfg.data.n_users} users'}"
+    )
     ds = load_dataset(cfg, movielens)
     split = leave_last_out(ds.events)
     train_events = split.train_events(ds.events)
@@ -224,15 +346,16 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
         f"[generative] UGT encoder {cfg.encoder.n_layers}x{cfg.encoder.d_model} + MoE decoder {cfg.decoder.n_experts} experts top-{cfg.decoder.top_k}"
     )
     enc, dec = build_models(cfg, feats, sem, ds.users.n_segments, cfg.data.n_devices)
-    gen_losses = train_generative(ds, split, enc, dec, cfg)
+    gen_losses, gen_stopping = train_generative(ds, split, enc, dec, cfg)
     timed("generative", t0)
 
     sasrec_loss = None
     sasrec = None
+    sasrec_stopping: dict[str, object] | None = None
     if not skip_sasrec:
         t0 = time.perf_counter()
         log("[sasrec] baseline")
-        sasrec, sasrec_loss = train_sasrec(ds, split, cfg)
+        sasrec, sasrec_loss, sasrec_stopping = train_sasrec(ds, split, cfg, exclude_seen)
         timed("sasrec", t0)
 
     counts = np.bincount(train_events.item, minlength=ds.item_metadata.n_items)
@@ -276,7 +399,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
 
     t0 = time.perf_counter()
     log("[cascade] pre-rank weight and LightGBM ranker on validation targets")
-    cascade_report = fit_cascade(bundle, ds, split, cfg)
+    cascade_report = fit_cascade(bundle, ds, split, cfg, exclude_seen)
     timed("ranker", t0)
 
     timings["total"] = round(time.perf_counter() - t_all, 2)
@@ -304,7 +427,12 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool) ->
         write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
         write_json(
             d / "metrics.json",
-            {"semantic_ids": sid_report, "train": {**gen_losses, "sasrec_loss": sasrec_loss}, "cascade_fit": cascade_report},
+            {
+                "semantic_ids": sid_report,
+                "train": {**gen_losses, "sasrec_loss": sasrec_loss},
+                "early_stopping": {"generative": gen_stopping, "sasrec": sasrec_stopping},
+                "cascade_fit": {**cascade_report, "exclude_seen": exclude_seen},
+            },
         )
         write_json(d / "manifest.json", manifest)
     assert run.final is not None
@@ -321,16 +449,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="generative-model epochs (overrides the config)")
     p.add_argument("--artifacts", type=Path, default=DEFAULT_ROOT, help=f"runs folder (default {DEFAULT_ROOT})")
     p.add_argument("--skip-sasrec", action="store_true", help="do not train the SASRec baseline")
+    p.add_argument("--data", choices=DATA_PRESETS, default=None, help="synthetic preset: default, or realistic (rating-shaped)")
+    p.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit the ranker with each user's earlier items excluded, as genrec-evaluate --exclude-seen (default: on for MovieLens-format input)",
+    )
     a = p.parse_args(argv)
     from genrec.settings import with_overrides
 
     cfg = named_config(a.config)
-    ov = {k: str(v) for k, v in (("data.n_items", a.items), ("data.n_users", a.users), ("train.epochs", a.epochs)) if v is not None}
+    pairs = (("data.n_items", a.items), ("data.n_users", a.users), ("train.epochs", a.epochs), ("data.preset", a.data))
+    ov = {k: str(v) for k, v in pairs if v is not None}
     cfg = with_overrides(cfg, ov)
     if cfg.name == "full":
         print("the full configuration is counted (genrec-model-card), not trained on this machine", file=sys.stderr)
         return 2
-    train(cfg, a.movielens, a.artifacts, a.skip_sasrec)
+    train(cfg, a.movielens, a.artifacts, a.skip_sasrec, a.exclude_seen)
     return 0
 
 

@@ -94,3 +94,12 @@ def test_block_by_block_encoding_of_long_histories_gives_the_dense_answers(tiny_
         assert np.allclose(enc_d.user.numpy(), enc_m.user.numpy(), atol=1e-4)
         for a, b in zip(tr_d, tr_m):
             assert np.array_equal(dense.rank(a, 10)[0], mixed.rank(b, 10)[0])
+
+
+def test_training_records_early_stopping_on_validation_targets(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for model in ("generative", "sasrec"):
+        es = metrics["early_stopping"][model]
+        assert 1 <= es["best_epoch"] <= es["epochs_run"] and len(es["validation"]) == es["epochs_run"]
+    assert "ann_recall@10" in metrics["early_stopping"]["generative"]["validation"][0]
+    assert metrics["cascade_fit"]["exclude_seen"] is False  # synthetic data: off unless asked

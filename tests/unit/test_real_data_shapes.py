@@ -68,3 +68,21 @@ def test_rating_preset_is_deterministic_and_selectable(ratings):
     assert generate(cfg).content_hash() == ratings.content_hash()
     with pytest.raises(ValueError, match="preset"):
         DataConfig(preset="movielens")
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    import torch
+
+    from genrec.train import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stop = EarlyStopping(2, [model])
+    stops = []
+    for epoch, value in enumerate([3.0, 2.0, 2.5, 1.9, 2.2, 2.1], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        stops.append(stop.update(epoch, value, {"loss": value}, higher_is_better=False))
+    assert stops == [False, False, False, False, False, True]
+    report = stop.restore()
+    assert report["best_epoch"] == 4 and report["epochs_run"] == 6
+    assert torch.all(model.weight == 1.9)
