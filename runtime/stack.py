@@ -42,10 +42,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from genrec.runtime.ports import free_port
-from genrec.runtime.redis_server import RedisServer, ping
+from genrec.runtime.redis_server import RedisServer
 from genrec.runtime.triton_server import REPO_ROOT, TritonServer
 
 DEFAULT_STATE_DIR = Path(os.environ.get("GENREC_STACK_DIR", REPO_ROOT / "build" / "stack"))
@@ -147,8 +146,7 @@ class Stack:
         if name == "triton":
             return _triton_ready(st)
         if name == "redis":
-            u = urlparse(st.redis_url)
-            return ping(u.hostname or "127.0.0.1", u.port or 6379)
+            return _redis(st.redis_url, "PING") is True
         return _http_ok(f"{st.feed_url}/readyz")
 
     # ---- up ---------------------------------------------------------------------------------
@@ -552,34 +550,23 @@ def _triton_ready(st: State) -> bool:
         return False
 
 
-def _redis_keys(url: str) -> int:
-    u = urlparse(url)
-    db = int((u.path or "/0").lstrip("/") or 0)
+def _redis(url: str, command: str) -> object:
+    """One command through redis-py (a URL may carry a password, a database, TLS); None on failure."""
+    import redis
+
     try:
-        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=2) as s:
-            cmds = b""
-            if u.password:
-                cmds += _resp("AUTH", *([u.username] if u.username else []), u.password)
-            cmds += _resp("SELECT", str(db)) + _resp("DBSIZE")
-            s.sendall(cmds)
-            data = b""
-            while data.count(b"\r\n") < (3 if u.password else 2):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        last = data.strip().split(b"\r\n")[-1]
-        return int(last[1:]) if last.startswith(b":") else 0
-    except (OSError, ValueError):
-        return 0
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return client.execute_command(command)
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return None
 
 
-def _resp(*parts: str) -> bytes:
-    out = f"*{len(parts)}\r\n".encode()
-    for p in parts:
-        b = p.encode()
-        out += b"$%d\r\n%s\r\n" % (len(b), b)
-    return out
+def _redis_keys(url: str) -> int:
+    n = _redis(url, "DBSIZE")
+    return n if isinstance(n, int) else 0
 
 
 def _tail(path: Path, n: int = 20) -> str:
