@@ -659,7 +659,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, v in info["services"].items():
                     who = "external" if v["external"] else (f"pid {v['pid']}" if v["pid"] else "not running")
                     say(f"{name:7s} {who:12s} {'healthy' if v['healthy'] else 'NOT healthy'}  {_rel(Path(v['log'])) if v['log'] else ''}")
-                print_where(state, stack)
+                if info["up"]:
+                    print_where(state, stack)
+                else:
+                    say(f"not (fully) up: genrec-stack up{_state_arg(stack)}; logs in {_rel(stack.dir)}")
             return 0 if info["up"] else 1
         if a.cmd == "demo":
             from genrec.runtime.feed_demo import run_demo
