@@ -40,7 +40,7 @@ def _recommend(args: argparse.Namespace) -> dict[str, Any]:
 
     items = _ints(args.items)
     n = len(items)
-    now = time.time()
+    now = float(int(time.time()))  # whole seconds: recommend refuses fractional timestamps
     timestamps = _floats(args.timestamps) or [now - 60.0 * (n - i) for i in range(n)]
     default_url = os.environ.get("GENREC_TRITON_GRPC_URL" if args.protocol == "grpc" else "GENREC_TRITON_HTTP_URL")
     url = args.url or default_url or ("localhost:8001" if args.protocol == "grpc" else "localhost:8000")

@@ -74,9 +74,10 @@ def encode_request(
     if excluded is not None:
         tensors.append(("excluded_items", np.asarray(excluded, dtype=np.int64).reshape(-1), "INT64"))
     params: dict[str, Any] = {}
-    for k, v in (("beam_width", beam_width), ("ann_candidates", ann_candidates), ("max_candidates", max_candidates), ("top_k", top_k)):
-        if v is not None:
-            params[k] = ",".join(map(str, v)) if isinstance(v, list | tuple) else (int(v) if isinstance(v, np.integer) else v)
+    given: dict[str, Any] = {"beam_width": beam_width, "ann_candidates": ann_candidates, "max_candidates": max_candidates, "top_k": top_k}
+    for k, p in given.items():
+        if p is not None:
+            params[k] = ",".join(map(str, p)) if isinstance(p, list | tuple) else (int(p) if isinstance(p, np.integer) else p)
     return tensors, params
 
 
