@@ -160,3 +160,44 @@ def feed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     yield start
     for service in started:
         service.stop()
+
+
+class TinyFeed:
+    """The feed service over ``tiny_triton`` and a redis-server of its own (seeded users u0..)."""
+
+    def __init__(self, service: BentoServe, redis: RedisServer, run: Path) -> None:
+        self.service, self.redis, self.run = service, redis, run
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    def seed(self, users: int = 200) -> None:
+        cmd = [sys.executable, "-m", "genrec.feed.seed", "--run", str(self.run), "--redis-url", self.redis.url, "--users", str(users)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+
+    def restart_redis(self) -> None:
+        """Start the (stopped) redis-server again on its port and seed it again (no persistence)."""
+        self.redis.proc = RedisServer(port=self.redis.port, maxmemory="64mb").start().proc
+        self.seed()
+
+
+@pytest.fixture(scope="session")
+def tiny_feed(tiny_run: Path, tiny_repository: Path, tiny_triton: TritonServer, feed_service) -> Iterator[TinyFeed]:
+    """One feed service on the published `tiny` run, shared by the client, load-test and dashboard tests."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: scripts/setup.sh installs it with apt when run as root")
+    redis = RedisServer(maxmemory="64mb").start()
+    feed = TinyFeed(None, redis, tiny_run)  # type: ignore[arg-type]
+    feed.seed()
+    feed.service = feed_service(
+        GENREC_FEED__TRITON_GRPC_URL=tiny_triton.grpc_url,
+        GENREC_FEED__REDIS_URL=redis.url,
+        GENREC_FEED__RUN_DIR=str(tiny_run),
+        GENREC_FEED__MODEL_REPOSITORY=str(tiny_repository),
+        GENREC_FEED__SIGNING_KEY="test-signing-key",
+    )
+    yield feed
+    feed.service.stop()
+    redis.stop()

@@ -217,3 +217,76 @@ def test_the_client_installs_alone_in_a_fresh_venv_without_torch(tmp_path):
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     cli = subprocess.run([str(venv / "bin" / "genrec-client"), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert cli.returncode == 0 and "genrec-client" in cli.stdout
+
+
+def test_feed_client_pages_events_and_items(tiny_feed):
+    from genrec.client import Event, FeedApiError, FeedClient
+
+    retries: list[object] = []
+    with FeedClient(tiny_feed.url, retry=RetryPolicy(on_retry=retries.append)) as c:
+        first = c.feed("u1", 4)
+        second = c.feed("u1", 4, first.next_cursor)
+        assert len(first.items) == 4 and second.page == first.page + 1 and first.request_id
+        assert not {i.id for i in first.items} & {i.id for i in second.items}
+        batch = [Event.of(first.items[0], "impression"), Event.of(first.items[1], "click")]
+        once = c.events("u1", batch, "client-key-1")
+        again = c.events("u1", batch, "client-key-1")
+        assert once.accepted == 2 and not once.replayed and again.replayed
+        assert c.item(first.items[0].id).id == first.items[0].id
+        assert len(c.similar(first.items[0].id, 3, "u1").items) == 3
+        with pytest.raises(FeedApiError) as e:
+            c.item(10**9, request_id="nf-1")
+        assert (e.value.status, e.value.code, e.value.request_id, e.value.retryable) == (404, 40400, "nf-1", False)
+        with pytest.raises(FeedApiError) as e:
+            c.feed("u1", 0)
+        assert e.value.status == 422 and "count" in e.value.message
+    assert retries == []
+
+
+def test_async_feed_client(tiny_feed):
+    from genrec.client import AsyncFeedClient, Event
+
+    async def go():
+        async with AsyncFeedClient(tiny_feed.url) as c:
+            pages = await asyncio.gather(*(c.feed(f"u{i}", 3) for i in range(4)))
+            ack = await c.events("u0", [Event.of(pages[0].items[0], "like")])
+            return pages, ack
+
+    pages, ack = asyncio.run(go())
+    assert all(len(p.items) == 3 for p in pages) and ack.likes == 1
+
+
+def test_an_events_post_is_retried_with_its_key_while_redis_is_down(tiny_feed):
+    """Redis stopped: the feed answers /v1/events with 503 (nothing stored). The client retries
+    with the same Idempotency-Key; Redis comes back after the first failure; the batch is
+    applied once (a repeat with the key is a replay)."""
+    from genrec.client import Event, FeedClient
+
+    page = FeedClient(tiny_feed.url).feed("u3", 2)
+    batch = [Event.of(page.items[0], "click")]
+    seen: list[int | None] = []
+
+    def redis_back_after_first_failure(state) -> None:
+        seen.append(state.outcome.exception().status)
+        if len(seen) == 1:
+            tiny_feed.restart_redis()
+
+    tiny_feed.redis.stop()
+    try:
+        client = FeedClient(
+            tiny_feed.url, retry=RetryPolicy(attempts=10, initial_s=0.05, max_s=0.5, on_retry=redis_back_after_first_failure)
+        )
+        ack = client.events("u3", batch, "redis-down-key")
+    finally:
+        if tiny_feed.redis.proc is None or tiny_feed.redis.proc.poll() is not None:
+            tiny_feed.restart_redis()
+    assert seen[0] == 503 and ack.accepted == 1 and not ack.replayed
+    assert client.events("u3", batch, "redis-down-key").replayed
+
+
+def test_cli_feed(tiny_feed):
+    out = _cli("feed", "--url", tiny_feed.url, "--user", "u2", "--count", "3", "--pages", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    pages = json.loads(out.stdout)["pages"]
+    assert [p["page"] for p in pages] == [0, 1] and all(len(p["items"]) == 3 for p in pages)
+    assert "page 0" in _cli("feed", "--url", tiny_feed.url, "--user", "u2").stdout

@@ -66,3 +66,15 @@ def test_a_service_that_is_down_fails_the_gate_on_failures(workload, tmp_path, f
     )
     assert proc.returncode == 1 and s["fail_ratio"] == 1.0 and any("failure ratio" in r for r in s["reasons"])
     assert "UNAVAILABLE" in json.dumps(s["errors"])
+
+
+def test_feed_smoke_run(tiny_feed, workload, tmp_path):
+    proc, s = _loadtest(
+        tmp_path,
+        *("--target", "feed", "--rate", "6", "--duration", "5s", "--feed-url", tiny_feed.url),
+        *("--workload", str(workload), "--feed-p99-ms", "5000"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {e["name"]: e for e in s["endpoints"]}
+    assert names["/v1/feed"]["requests"] > 0 and s["fail_ratio"] == 0, s
+    assert set(names) <= {"/v1/feed", "/v1/events", "/v1/items/{id}", "/v1/items/{id}/similar"}
