@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench.recommend_latency import NEW_EVENTS, Workload, metric_total, percentiles, run_visits, scrape, stage_means, start
 
+from bench.recommend_latency import NEW_EVENTS, Workload, metric_total, percentiles, run_visits, scrape, stage_means, start
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle
 from genrec.data.split import leave_last_out
