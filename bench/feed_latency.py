@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import sys
 import tempfile
@@ -245,6 +246,7 @@ def measure(st: State, users: int, requests: int, count: int) -> dict:
         "goal_overhead_p50_ms": GOAL_OVERHEAD_P50_MS,
         "goal_met": all(lv["overhead_p50_ms"] <= GOAL_OVERHEAD_P50_MS for lv in levels),
         "method": __doc__.split("Writes")[0].strip(),
+        "load_average_1m_at_end": os.getloadavg()[0],  # other work on the machine during the run
         "machine": machine(),
         "versions": versions(),
         "created": now_iso(),
