@@ -13,7 +13,13 @@ from pathlib import Path
 
 TITLE_FIELDS = ("title", "name", "headline")
 EXTRA_FIELDS = ("category", "author", "brand", "price", "popularity")
-METRIC_PREFIXES = ("genrec_feed", "feed_", "bentoml_service_request_duration_seconds_count")
+METRIC_PREFIXES = (
+    "feed_http_requests_total",
+    "feed_items_served_total",
+    "feed_events_total",
+    "feed_fallbacks_total",
+    "feed_triton_request_duration_seconds_count",
+)
 
 
 def say(msg: str) -> None:

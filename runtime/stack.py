@@ -436,7 +436,8 @@ def published_run(repository: Path) -> str | None:
 def urls(st: State, stack: Stack) -> dict[str, str]:
     return {
         "feed": st.feed_url,
-        "docs": f"{st.feed_url}/docs",
+        "docs": f"{st.feed_url}/",  # BentoML's Swagger UI; the OpenAPI document is /docs.json
+        "openapi": f"{st.feed_url}/docs.json",
         "feed_metrics": f"{st.feed_url}/metrics",
         "triton_http": st.triton_http,
         "triton_grpc": st.triton_grpc,
@@ -578,7 +579,7 @@ def _tail(path: Path, n: int = 20) -> str:
 
 def print_where(st: State, stack: Stack) -> None:
     u = urls(st, stack)
-    say(f"feed API      {u['feed']}/v1/feed   (docs: {u['docs']})")
+    say(f"feed API      {u['feed']}/v1/feed   docs (Swagger UI): {u['docs']}   OpenAPI: {u['openapi']}")
     say(f"metrics       {u['feed_metrics']}" + (f"   {u['triton_metrics']}" if u["triton_metrics"] else ""))
     say(f"Triton        HTTP {u['triton_http'] or '-'}   gRPC {u['triton_grpc']}")
     say(f"Redis         {u['redis']}")
