@@ -65,11 +65,13 @@ class FeedApp:
         excluded = list(dict.fromkeys(list(cursor.seen) + negatives))
         ctx_device = DEVICES.get(device, 0)
         fallback: str | None = None
+        timing: dict[str, str] = {}
         try:
             candidates, seconds = await self.triton.recommend(
                 user_id, history, state.segment if state else 0, ctx_device, excluded[: self.max_excluded], self.cfg.candidates
             )
             metrics.TRITON.labels(outcome="ok").observe(seconds)
+            timing = {"x-triton-ms": f"{seconds * 1e3:.2f}"}  # lets callers and bench.feed_latency split the time
         except RecommendFailed as e:
             metrics.TRITON.labels(outcome=e.reason).observe(self.cfg.triton_timeout_s if e.reason == "timeout" else 0.0)
             fallback = f"triton_{e.reason}"
@@ -86,10 +88,10 @@ class FeedApp:
             body = json.dumps(data, separators=(",", ":")).encode()
             try:
                 stored = await self.store.put_page(user_id, cursor.session_id, cursor.page, body, self.cfg.cursor_ttl_s)
-                return FeedAnswer(stored, {"x-feed-replayed": "1"} if stored != body else {})
+                return FeedAnswer(stored, {"x-feed-replayed": "1"} if stored != body else timing)
             except RedisError as e:
                 self._redis_error("put_page", e)
-        return FeedAnswer(data)
+        return FeedAnswer(data, timing)
 
     def _page_data(
         self,

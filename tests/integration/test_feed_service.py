@@ -123,6 +123,7 @@ def test_personalised_feed_for_a_seeded_user(http):
     for i in items:
         assert i["reason"] and i["display"]["title"] and i["display"]["kind"] == i["type"]
         assert i["tracking"]["event_token"] and i["tracking"]["trace_id"] == r.headers["x-request-id"]
+    assert 0 < float(r.headers["x-triton-ms"]) < 2000  # the recommend call's share of this request
     _, r2 = feed(http, "u1", count=1)
     assert r2.headers["x-request-id"] != r.headers["x-request-id"]
     r3 = http.post("/v1/feed", json={"user_id": "u1"}, headers={"X-Request-ID": "caller-id-1"})
