@@ -48,8 +48,8 @@ class EventStore:
     def __init__(
         self, url: str, timeout_s: float, history_cap: int, impression_cap: int, relation_cap: int, idempotency_ttl_s: int
     ) -> None:
-        # one retry, on a connection error only: a pooled connection broken by a Redis restart is
-        # replaced instead of failing the request (the service recovers without a restart)
+        # reads: one retry, on a connection error only: a pooled connection broken by a Redis
+        # restart is replaced instead of failing the request (recovery without a restart)
         self.redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -57,17 +57,32 @@ class EventStore:
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
         )
+        # writes: never resent by the client library: a reply lost after the script ran would
+        # otherwise apply the batch twice. The caller retries with its Idempotency-Key.
+        self.writes = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
         self.history_cap = history_cap
         self.impression_cap = impression_cap
         self.relation_cap = relation_cap
         self.idempotency_ttl_s = idempotency_ttl_s
-        self._apply = self.redis.register_script(_script("apply_events.lua"))
+        self._apply = self.writes.register_script(_script("apply_events.lua"))
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.writes.aclose()
+
+    async def recorded_batch(self, user_id: str, idempotency_key: str, body_hash: str) -> BatchResult | None:
+        """The outcome already recorded under an Idempotency-Key (a replay or a conflict), or
+        None. Looked up before the batch is validated again, so a retry whose event tokens have
+        expired since still gets its original answer."""
+        prev_hash, answer = await self.redis.hmget(user_key(user_id, f"idem:{idempotency_key}"), ["h", "a"])
+        if prev_hash is None:
+            return None
+        if bytes(prev_hash).decode() != body_hash:
+            return BatchResult("conflict", None)
+        return BatchResult("replay", json.loads(answer) if answer is not None else {})
 
     async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int) -> UserState:
         async with self.redis.pipeline(transaction=False) as p:

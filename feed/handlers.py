@@ -12,13 +12,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from genrec.data.schema import ItemKind
 from genrec.feed import metrics
 from genrec.feed.blend import Placed, blend, last_product_position, reason_for
 from genrec.feed.catalogue import FeedCatalogue
 from genrec.feed.cursor import Cursor, CursorCodec, CursorError
 from genrec.feed.envelope import ErrorKind, FeedError
 from genrec.feed.event_store import EventStore, UserState
-from genrec.feed.events import DEVICES, Event, body_hash, plan_batch
+from genrec.feed.events import DEVICES, BatchPlan, Event, body_hash, plan_batch
 from genrec.feed.history import History
 from genrec.feed.logs import log_event, request_id_var
 from genrec.feed.recommender import RecommendFailed, TritonRecommender
@@ -73,7 +74,7 @@ class FeedApp:
             metrics.TRITON.labels(outcome="ok").observe(seconds)
             timing = {"x-triton-ms": f"{seconds * 1e3:.2f}"}  # lets callers and bench.feed_latency split the time
         except RecommendFailed as e:
-            metrics.TRITON.labels(outcome=e.reason).observe(self.cfg.triton_timeout_s if e.reason == "timeout" else 0.0)
+            metrics.TRITON.labels(outcome=e.reason).observe(e.seconds)
             fallback = f"triton_{e.reason}"
             metrics.FALLBACKS.labels(reason=fallback).inc()
             log_event(log, logging.WARNING, "recommend failed; serving the fallback feed", reason=e.reason, detail=str(e)[:300])
@@ -151,17 +152,22 @@ class FeedApp:
 
     async def events(self, user_id: str, events: list[Event], idempotency_key: str | None) -> FeedAnswer:
         now = time.time()
+        digest = body_hash(user_id, events)
         try:
-            plan = plan_batch(user_id, events, self.catalogue.n_items, self.tokens, now, self.cfg.max_events_per_batch)
-        except FeedError:
-            metrics.EVENTS.labels(outcome="rejected").inc()
-            raise
-        try:
-            result = await self.store.apply_batch(user_id, idempotency_key, body_hash(user_id, events), plan, now)
+            recorded = None if idempotency_key is None else await self.store.recorded_batch(user_id, idempotency_key, digest)
+            if recorded is not None:
+                result = recorded
+            else:
+                result = await self.store.apply_batch(user_id, idempotency_key, digest, self._plan(user_id, events, now), now)
         except RedisError as e:
             self._redis_error("apply_batch", e)
             metrics.EVENTS.labels(outcome="unavailable").inc()
-            raise FeedError(ErrorKind.UNAVAILABLE, "the event store is unavailable; nothing was stored, retry later") from e
+            # a reply can be lost after Redis ran the script, so "not stored" cannot be promised:
+            # the same Idempotency-Key makes the retry safe either way
+            raise FeedError(
+                ErrorKind.UNAVAILABLE,
+                "the event store did not confirm the write; retry with the same Idempotency-Key (applied at most once)",
+            ) from e
         if result.status == "conflict":
             metrics.EVENTS.labels(outcome="conflict").inc()
             raise FeedError(ErrorKind.IDEMPOTENCY_CONFLICT, "Idempotency-Key was already used with a different body")
@@ -169,11 +175,18 @@ class FeedApp:
         metrics.EVENTS.labels(outcome="replayed" if replay else "accepted").inc()
         return FeedAnswer(result.answer or {}, {"idempotent-replayed": "true"} if replay else {})
 
+    def _plan(self, user_id: str, events: list[Event], now: float) -> BatchPlan:
+        try:
+            return plan_batch(user_id, events, self.catalogue.n_items, self.tokens, now, self.cfg.max_events_per_batch)
+        except FeedError:
+            metrics.EVENTS.labels(outcome="rejected").inc()
+            raise
+
     def item(self, item_id: int) -> dict[str, Any]:
         self._known(item_id)
         return {
             "id": item_id,
-            "type": "product" if self.catalogue.kind[item_id] == 2 else "content",
+            "type": "product" if self.catalogue.kind[item_id] == ItemKind.PRODUCT else "content",
             "display": self.catalogue.display(item_id),
         }
 
@@ -192,7 +205,7 @@ class FeedApp:
         }
 
     def _known(self, item_id: int) -> None:
-        if not self.catalogue.knows(item_id) or self.catalogue.kind[item_id] == 1:
+        if not self.catalogue.knows(item_id) or self.catalogue.kind[item_id] == ItemKind.AD:
             raise FeedError(ErrorKind.NOT_FOUND, f"item {item_id} is not in the catalogue")
 
     async def ready(self) -> bool:

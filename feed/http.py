@@ -61,7 +61,7 @@ class FeedMiddleware:
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-request-id")
-        rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         token = request_id_var.set(rid)
         route, method = metrics.route_template(scope["path"]), scope["method"]
         t0 = time.perf_counter()
@@ -220,7 +220,7 @@ def items_app(handlers: Callable[[], Any]) -> Starlette:
             if not raw_k.isdigit() or not 1 <= int(raw_k) <= 50:
                 raise FeedError(ErrorKind.VALIDATION, "k: an integer in 1..50")
             user = request.query_params.get("user_id")
-            if user is not None and not re.match(r"^[A-Za-z0-9_.:@-]{1,128}$", user):
+            if user is not None and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", user):
                 raise FeedError(ErrorKind.VALIDATION, "user_id: 1-128 characters of A-Z a-z 0-9 _ . : @ -")
             return JSONResponse(ok_body(await handlers().similar(item_id(request), int(raw_k), user), rid()))
         except FeedError as e:

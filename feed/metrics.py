@@ -1,7 +1,9 @@
 """The feed service's Prometheus metrics. Every label value is bounded: route templates from
 ``ROUTES`` (anything else is ``other``), outcomes and types from fixed sets; never a raw path,
 a user id or an item id. BentoML's own request series label the raw path, so the exposition
-is filtered (``bounded_exposition``) before it is served."""
+is filtered (``bounded_exposition``) before it is served; BentoML still keeps those series in
+its registry (one per distinct path seen; BentoML ties them to ``/metrics`` itself, so they
+cannot be turned off alone)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ _SIMILAR = re.compile(r"^/v1/items/[^/]+/similar$")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+OTHER = "other"  # every path that is not a route: 404s and scanners still count, as one series
+
+
 def route_template(path: str) -> str:
     if path in ROUTES:
         return path
@@ -22,7 +27,7 @@ def route_template(path: str) -> str:
         return "/v1/items/{id}/similar"
     if _ITEM.match(path):
         return "/v1/items/{id}"
-    return "other"
+    return OTHER
 
 
 REQUESTS = bentoml.metrics.Counter(
@@ -56,7 +61,7 @@ def bounded_exposition(text: str) -> str:
     for line in text.splitlines():
         if not line.startswith("#"):
             m = _LABEL.search(line)
-            if m and m.group(2) not in ROUTES:
+            if m and m.group(2) not in ROUTES and m.group(2) != OTHER:
                 continue
         keep.append(line)
     return "\n".join(keep) + "\n"

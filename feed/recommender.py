@@ -17,9 +17,10 @@ MODEL = "recommend"
 
 
 class RecommendFailed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, seconds: float = 0.0) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason  # "timeout" | "rejected" | "unavailable"
+        self.seconds = seconds  # how long the failed call took
 
 
 def _input(name: str, arr: np.ndarray, dtype: str) -> grpcclient.InferInput:
@@ -64,9 +65,9 @@ class TritonRecommender:
         except InferenceServerException as e:
             status = str(e.status() or "")
             reason = "timeout" if "DEADLINE" in status else "rejected" if "INVALID_ARGUMENT" in status else "unavailable"
-            raise RecommendFailed(reason, e.message() or str(e)) from e
+            raise RecommendFailed(reason, e.message() or str(e), time.perf_counter() - t0) from e
         except Exception as e:  # a broken channel must not become a 500
-            raise RecommendFailed("unavailable", str(e)) from e
+            raise RecommendFailed("unavailable", str(e), time.perf_counter() - t0) from e
         items, scores = r.as_numpy("items"), r.as_numpy("scores")
         if items is None or scores is None:
             raise RecommendFailed("unavailable", "recommend answered without items/scores")

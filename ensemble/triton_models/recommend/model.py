@@ -76,17 +76,22 @@ class TritonPythonModel:
         except GenrecError as e:  # the caller's mistake (typed, names the field): 400 / INVALID_ARGUMENT
             self.metrics.rejected("invalid_argument")
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+        except Exception as e:  # a bug in reading the request: only this request fails
+            return self._internal(request, e)
         try:
             rec = self.pipeline.recommend(req)
         except Exception as e:  # a failing sub-model or a bug: this request fails, the model keeps serving
-            self.metrics.rejected("internal")
-            pb_utils.Logger.log_error(f"recommend request_id={request.request_id() or '-'} failed: {traceback.format_exc()}")
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommend failed: {e}", pb_utils.TritonError.INTERNAL))
+            return self._internal(request, e)
         cache = self.pipeline.encoder_cache
         self.metrics.record(rec, None if cache is None else cache.stats)
         return pb_utils.InferenceResponse(
             [pb_utils.Tensor("items", rec.items.astype(np.int64)), pb_utils.Tensor("scores", rec.scores.astype(np.float32))]
         )
+
+    def _internal(self, request, e: Exception):
+        self.metrics.rejected("internal")
+        pb_utils.Logger.log_error(f"recommend request_id={request.request_id() or '-'} failed: {traceback.format_exc()}")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommend failed: {e}", pb_utils.TritonError.INTERNAL))
 
     def finalize(self) -> None:
         close = getattr(self.pipeline.ann, "close", None)
