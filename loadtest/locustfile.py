@@ -36,7 +36,7 @@ grpc_gevent.init_gevent()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `loadtest` and the client
 from genrec.client import ClientError, RecommendClient, RetryPolicy  # noqa: E402
 from loadtest import gate  # noqa: E402
-from loadtest.shapes import SHAPES, users_at  # noqa: E402
+from loadtest.shapes import SHAPES, expected_rate, users_at  # noqa: E402
 from loadtest.workload import Workload  # noqa: E402
 
 REQUEST_OF_USER = {"RecommendUser": "recommend", "FeedUser": "/v1/feed"}  # the request each user class is gated on
@@ -278,7 +278,10 @@ def _gate(environment: Any, **_: Any) -> None:
         environment.stats.total.num_failures,
         thresholds,
         duration,
-        target_rps=o.rate if (o.rate > 0 and o.shape == "constant") else None,
+        # the mean rate the shape asked for over the run (step and spike vary it with the users)
+        target_rps=expected_rate(o.shape, o.rate, o.num_users or 1, o.run_time or duration, o.run_time, o.steps, o.spike_factor)
+        if o.rate > 0
+        else None,
         generator_cpu=None if distributed else _cpu.get("share"),  # a master sends no load: its workers report the warning
         generator_cpu_warning=bool(getattr(runner, "cpu_warning_emitted", False) or getattr(runner, "worker_cpu_warning_emitted", False)),
     )

@@ -23,3 +23,26 @@ def users_at(shape: str, t: float, users: int, spawn_rate: float, run_time: floa
         peak = max(users + 1, round(users * spike_factor))
         return peak, float(peak)
     return users, spawn_rate
+
+
+def mean_users(
+    shape: str, users: int, horizon_s: float, run_time: float | None, steps: int = 4, spike_factor: float = 3.0, samples: int = 2000
+) -> float:
+    """The shape's user count averaged over the first ``horizon_s`` seconds (the run time, or how
+    long the run lasted): with each user paced at ``rate / users``, the rate the shape asks for
+    on average is ``rate * mean_users(...) / users``. Ramp-up (the spawn rate) is not counted."""
+    users = max(1, users)
+    if horizon_s <= 0:
+        return float(users)
+    total = 0.0
+    for i in range(samples):
+        out = users_at(shape, (i + 0.5) * horizon_s / samples, users, 1.0, run_time, steps, spike_factor)
+        total += out[0] if out else 0
+    return total / samples
+
+
+def expected_rate(
+    shape: str, rate: float, users: int, horizon_s: float, run_time: float | None, steps: int = 4, spike_factor: float = 3.0
+) -> float:
+    """The mean request rate a shape expects over the run when ``rate`` is the rate at ``users``."""
+    return rate * mean_users(shape, users, horizon_s, run_time, steps, spike_factor) / max(1, users)

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from loadtest import gate
-from loadtest.shapes import users_at
+from loadtest.shapes import expected_rate, users_at
 from loadtest.workload import Workload
 
 
@@ -28,6 +28,33 @@ def test_each_broken_threshold_is_a_reason():
     assert "failure ratio" in gate.judge([_ep(fail=1)], ["recommend"], 100, 1, t, 10.0).reasons[0]  # 1% > 0.1%
     assert "no requests" in gate.judge([], ["recommend"], 0, 0, t, 10.0).reasons[0]
     assert "target" in gate.judge([_ep(n=20)], ["recommend"], 20, 0, t, 10.0, target_rps=10).reasons[0]
+
+
+def test_a_p99_measured_well_under_the_target_rate_fails():
+    # 10 req/s asked, 7 reached: a good P99 at 70% of the load is not a pass (the old 50% let it through)
+    assert gate.Thresholds().min_rate_ratio == 0.9
+    v = gate.judge([_ep(n=70, p99=5)], ["recommend"], 70, 0, gate.Thresholds(), 10.0, target_rps=10)
+    assert not v.passed and "under 90% of the target 10 req/s" in v.reasons[0]
+    assert gate.judge([_ep(n=92, p99=5)], ["recommend"], 92, 0, gate.Thresholds(), 10.0, target_rps=10).passed
+
+
+def test_step_and_spike_runs_are_held_to_the_rate_their_shape_expected():
+    # -u 4 in 4 steps over 60 s: 1, 2, 3, 4 users (each paced at rate/4) -> 62.5% of --rate on average
+    assert expected_rate("step", 10, 4, 60, 60, steps=4) == 6.25
+    # spike x3 in the middle third of 90 s: 4, 12, 4 users -> 20/3 / 4 of --rate
+    assert abs(expected_rate("spike", 10, 4, 90, 90, spike_factor=3) - 10 * (4 + 12 + 4) / 3 / 4) < 0.05
+    assert expected_rate("constant", 10, 4, 60, 60) == 10
+    target = expected_rate("spike", 10, 4, 90, 90)
+    half = gate.judge([_ep(n=750, p99=5)], ["recommend"], 750, 0, gate.Thresholds(), 90.0, target_rps=target)  # 8.3 req/s
+    assert not half.passed and "target 16.7 req/s" in half.reasons[0]
+    full = gate.judge([_ep(n=1500, p99=5)], ["recommend"], 1500, 0, gate.Thresholds(), 90.0, target_rps=target)
+    assert full.passed
+
+
+def test_a_gated_request_without_a_p99_limit_fails():
+    t = gate.Thresholds(p99_ms={"recommend": 50.0})
+    v = gate.judge([_ep("recommend"), _ep("/v1/feed", p99=1)], ["recommend", "/v1/feed"], 200, 0, t, 10.0)
+    assert not v.passed and v.reasons == ["/v1/feed: no P99 limit is configured for it, so its P99 cannot pass"]
 
 
 def test_a_cpu_bound_generator_fails_the_gate_even_with_a_good_p99():
