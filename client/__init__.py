@@ -1,7 +1,7 @@
 """What backend services import: typed clients for Triton's ``recommend`` and the feed API.
 
-Needs only numpy, tritonclient[grpc], httpx, tenacity and pydantic (the ``client`` extra),
-never torch: ``pip install 'genrec[client]'`` or the client-only wheel (client/README.md).
+Needs only numpy, tritonclient[grpc], httpx, tenacity and pydantic, never torch: installed alone
+as the ``genrec-client`` distribution, ``pip install ./client`` (client/pyproject.toml, README.md).
 """
 
 from genrec.client.errors import ClientError, FeedApiError, RecommendError
