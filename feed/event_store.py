@@ -7,20 +7,25 @@ sit on one Redis Cluster slot. An events batch is one Lua script (``lua/apply_ev
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from genrec.feed.events import BatchPlan
-from genrec.feed.history import History, unpack
+from genrec.feed.history import unpack
+from genrec.feed.ports import BatchResult, StoreUnavailable, UserState
 
 PREFIX = "feed"
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def user_key(user_id: str, suffix: str) -> str:
@@ -31,17 +36,17 @@ def _script(name: str) -> str:
     return resources.files("genrec.feed").joinpath("lua").joinpath(name).read_text()
 
 
-@dataclass(frozen=True)
-class UserState:
-    history: History
-    negatives: list[int]  # newest first
-    segment: int
+def _store_call(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Redis's errors become the domain's ``StoreUnavailable``."""
 
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except RedisError as e:
+            raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
 
-@dataclass(frozen=True)
-class BatchResult:
-    status: str  # "applied" | "replay" | "conflict"
-    answer: dict[str, Any] | None
+    return call
 
 
 class EventStore:
@@ -66,6 +71,7 @@ class EventStore:
         self.idempotency_ttl_s = idempotency_ttl_s
         self._apply = self.writes.register_script(_script("apply_events.lua"))
 
+    @_store_call
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
@@ -73,6 +79,7 @@ class EventStore:
         await self.redis.aclose()
         await self.writes.aclose()
 
+    @_store_call
     async def recorded_batch(self, user_id: str, idempotency_key: str, body_hash: str) -> BatchResult | None:
         """The outcome already recorded under an Idempotency-Key (a replay or a conflict), or
         None. Looked up before the batch is validated again, so a retry whose event tokens have
@@ -84,6 +91,7 @@ class EventStore:
             return BatchResult("conflict", None)
         return BatchResult("replay", json.loads(answer) if answer is not None else {})
 
+    @_store_call
     async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int) -> UserState:
         async with self.redis.pipeline(transaction=False) as p:
             p.lrange(user_key(user_id, "h"), 0, -1)
@@ -92,6 +100,7 @@ class EventStore:
             records, neg, seg = await p.execute()
         return UserState(unpack(records, n_items, n_devices), [int(i) for i in neg], int(seg) if seg is not None else 0)
 
+    @_store_call
     async def apply_batch(self, user_id: str, idempotency_key: str | None, body_hash: str, plan: BatchPlan, now: float) -> BatchResult:
         answer = json.dumps(plan.answer(), separators=(",", ":"))
         keys = [
@@ -109,10 +118,12 @@ class EventStore:
         status = status.decode() if isinstance(status, bytes) else status
         return BatchResult(status, json.loads(stored) if status != "conflict" else None)
 
+    @_store_call
     async def get_page(self, user_id: str, session_id: str, page: int) -> bytes | None:
         value = await self.redis.get(user_key(user_id, f"pg:{session_id}:{page}"))
         return value if value is None else bytes(value)
 
+    @_store_call
     async def put_page(self, user_id: str, session_id: str, page: int, body: bytes, ttl_s: int) -> bytes:
         """Store a served page once (the first writer wins) and return the stored one."""
         key = user_key(user_id, f"pg:{session_id}:{page}")
@@ -122,6 +133,7 @@ class EventStore:
             _, stored = await p.execute()
         return bytes(stored) if stored is not None else body
 
+    @_store_call
     async def seed_user(self, user_id: str, records: list[bytes], segment: int, seed_tag: str) -> bool:
         """Write a seeded history once per data set (re-runs skip users already seeded from it,
         keeping the events they received since). Returns whether it wrote."""

@@ -10,19 +10,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from genrec.data.schema import ItemKind
 from genrec.feed import metrics
 from genrec.feed.blend import Placed, blend, last_product_position, reason_for
 from genrec.feed.catalogue import FeedCatalogue
 from genrec.feed.cursor import Cursor, CursorCodec, CursorError
 from genrec.feed.envelope import ErrorKind, FeedError
-from genrec.feed.event_store import EventStore, UserState
 from genrec.feed.events import DEVICES, BatchPlan, Event, body_hash, plan_batch
 from genrec.feed.history import History
 from genrec.feed.logs import log_event, request_id_var
-from genrec.feed.recommender import RecommendFailed, TritonRecommender
+from genrec.feed.ports import FeedStore, Recommender, RecommendFailed, StoreUnavailable, UserState
 from genrec.feed.tokens import EventTokens
 from genrec.settings import FeedConfig
 
@@ -41,8 +38,8 @@ class FeedApp:
     catalogue: FeedCatalogue
     n_devices: int
     max_excluded: int
-    store: EventStore
-    triton: TritonRecommender
+    store: FeedStore
+    triton: Recommender
     cursors: CursorCodec
     tokens: EventTokens
 
@@ -90,7 +87,7 @@ class FeedApp:
             try:
                 stored = await self.store.put_page(user_id, cursor.session_id, cursor.page, body, self.cfg.cursor_ttl_s)
                 return FeedAnswer(stored, {"x-feed-replayed": "1"} if stored != body else timing)
-            except RedisError as e:
+            except StoreUnavailable as e:
                 self._redis_error("put_page", e)
         return FeedAnswer(data, timing)
 
@@ -134,7 +131,7 @@ class FeedApp:
     async def _user_state(self, user_id: str, degraded: list[str]) -> UserState | None:
         try:
             return await self.store.user_state(user_id, self.catalogue.n_items, self.n_devices, self.max_excluded)
-        except RedisError as e:
+        except StoreUnavailable as e:
             self._redis_error("user_state", e)
             degraded.append("history_unavailable")
             return None
@@ -142,7 +139,7 @@ class FeedApp:
     async def _stored_page(self, user_id: str, cursor: Cursor) -> bytes | None:
         try:
             return await self.store.get_page(user_id, cursor.session_id, cursor.page)
-        except RedisError as e:
+        except StoreUnavailable as e:
             self._redis_error("get_page", e)
             return None
 
@@ -159,7 +156,7 @@ class FeedApp:
                 result = recorded
             else:
                 result = await self.store.apply_batch(user_id, idempotency_key, digest, self._plan(user_id, events, now), now)
-        except RedisError as e:
+        except StoreUnavailable as e:
             self._redis_error("apply_batch", e)
             metrics.EVENTS.labels(outcome="unavailable").inc()
             # a reply can be lost after Redis ran the script, so "not stored" cannot be promised:
@@ -213,5 +210,5 @@ class FeedApp:
             return False
         try:
             return await self.store.ping()
-        except RedisError:
+        except StoreUnavailable:
             return False

@@ -12,15 +12,9 @@ from tritonclient.grpc import aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from genrec.feed.history import History
+from genrec.feed.ports import RecommendFailed
 
 MODEL = "recommend"
-
-
-class RecommendFailed(Exception):
-    def __init__(self, reason: str, detail: str, seconds: float = 0.0) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason  # "timeout" | "rejected" | "unavailable"
-        self.seconds = seconds  # how long the failed call took
 
 
 def _input(name: str, arr: np.ndarray, dtype: str) -> grpcclient.InferInput:
