@@ -37,15 +37,28 @@ def peak_rss(cmd: list[str], env: dict[str, str] | None = None, log: Path | None
     return {"returncode": proc.returncode, "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def train_and_evaluate(config: str, artifacts: Path, env: dict[str, str], quality_out: Path, log: Path | None = None) -> dict:
+def train_and_evaluate(
+    config: str, artifacts: Path, env: dict[str, str], quality_out: Path, log: Path | None = None, max_users: int | None = None
+) -> dict:
     """``genrec-train`` then ``genrec-evaluate`` on its run, both with ``--exclude-seen``, each measured."""
     py = sys.executable
     train = peak_rss([py, "-m", "genrec.train", "--config", config, "--artifacts", str(artifacts), "--exclude-seen"], env, log)
     if train["returncode"] != 0:
         return {"train": train}
     cmd = [py, "-m", "genrec.evaluate", "--config", config, "--artifacts", str(artifacts), "--exclude-seen", "--out", str(quality_out)]
-    evaluate = peak_rss(cmd, env, log)
+    evaluate = peak_rss(cmd + (["--max-users", str(max_users)] if max_users else []), env, log)
     return {"train": train, "evaluate": evaluate}
+
+
+# Fewer epochs and users: every batch shape (training, validation, ranker fit, evaluation) is
+# unchanged, and the heavy users are the first ones, so evaluating the first QUICK_USERS keeps them.
+QUICK = {
+    "GENREC_TRAIN__EPOCHS": "1",
+    "GENREC_TRAIN__SASREC_EPOCHS": "1",
+    "GENREC_SEMANTIC_ID__EPOCHS": "10",
+    "GENREC_TRAIN__RANKER_USERS": "500",
+}
+QUICK_USERS = 500
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,20 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, default=Path("build/memory_peaks/runs"))
     p.add_argument("--quality-dir", type=Path, default=Path("build/memory_peaks"), help="where each evaluation's quality table goes")
     p.add_argument("--out", type=Path, default=Path("bench/results/memory.json"))
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one epoch per model (RQ-VAE 10), 500 ranker users, the first 500 users evaluated (the heavy ones among them): "
+        "the batches, and so the peaks, are those of a full run; the quality is not",
+    )
     a = p.parse_args(argv)
     a.quality_dir.mkdir(parents=True, exist_ok=True)
-    sets = {"default": {}, "heavy": {"GENREC_DATA__HEAVY_USERS": str(a.heavy_users)}}
+    quick = QUICK if a.quick else {}
+    sets = {"default": {**quick}, "heavy": {**quick, "GENREC_DATA__HEAVY_USERS": str(a.heavy_users)}}
     chosen = list(sets) if a.data == "both" else [a.data]
     measured = {}
     for name in chosen:
         print(f"[memory] {a.config} on {name} data: genrec-train, then genrec-evaluate --exclude-seen", flush=True)
         quality = a.quality_dir / f"quality_{a.config}_{name}.json"
-        r = train_and_evaluate(a.config, a.artifacts / name, sets[name], quality, a.quality_dir / f"{a.config}_{name}.log")
+        log = a.quality_dir / f"{a.config}_{name}.log"
+        r = train_and_evaluate(a.config, a.artifacts / name, sets[name], quality, log, QUICK_USERS if a.quick else None)
         if quality.exists():
             q = json.loads(quality.read_text())
             r["history_events"] = q["history_events"]
             r["dataset"] = q["dataset"]
-        measured[f"{a.config}/{name}"] = {**r, "env": sets[name], "created": now_iso()}
+        quick = {"quick": True, "evaluated_users": QUICK_USERS} if a.quick else {"quick": False}
+        measured[f"{a.config}/{name}"] = {**r, **quick, "env": sets[name], "created": now_iso()}
         print(
             f"[memory] {a.config}/{name}: "
             + ", ".join(

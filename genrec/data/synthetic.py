@@ -109,12 +109,13 @@ class _Sampler:
 
 
 def _with_heavy_users(lengths: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """``cfg.heavy_users`` users (drawn from their own seed, so the rest of the draw is the same
-    recipe) get ``heavy_min_events..heavy_max_events`` events: the long tail of real traffic."""
+    """The first ``cfg.heavy_users`` users (so ``genrec-evaluate --max-users`` keeps them) get
+    ``heavy_min_events..heavy_max_events`` events, drawn from their own seed: the long tail of
+    real traffic."""
     if cfg.heavy_users <= 0:
         return lengths
     hrng = np.random.default_rng([cfg.seed, 1])
-    heavy = hrng.choice(lengths.size, size=min(cfg.heavy_users, lengths.size), replace=False)
+    heavy = np.arange(min(cfg.heavy_users, lengths.size))
     out = lengths.copy()
     out[heavy] = hrng.integers(cfg.heavy_min_events, cfg.heavy_max_events + 1, size=heavy.size)
     return out
