@@ -21,9 +21,14 @@ TRITON_METRICS = (
     "nv_inference_request_duration_us",
     "nv_inference_pending_request_count",
 )
+# Series Prometheus writes itself for every scrape target.
+PROMETHEUS_SERIES = ("up",)
+FEED = 'route="/v1/feed"'
 SLO_P99_SECONDS = 0.040
 SLO_ERROR_RATIO = 0.0005
 SLO_FOR = "5m"
+MAX_FALLBACK_RATIO = 0.01  # fallback feeds (Triton slow, down or refusing) over /v1/feed requests
+TARGET_DOWN_FOR = "1m"
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,10 @@ class Rule:
     expr: str
 
 
-def _quantile(q: float, metric: str, by: str = "") -> str:
+def _quantile(q: float, metric: str, by: str = "", selector: str = "") -> str:
     labels = f"le, {by}" if by else "le"
-    return f"histogram_quantile({q}, sum by ({labels}) (rate({metric}_bucket[{WINDOW}])))"
+    sel = f"{{{selector}}}" if selector else ""
+    return f"histogram_quantile({q}, sum by ({labels}) (rate({metric}_bucket{sel}[{WINDOW}])))"
 
 
 def _requests(selector: str) -> str:
@@ -58,9 +64,17 @@ RECORDING_RULES = (
     Rule("genrec:feed_requests:rate5m", f"sum by (route) (rate(feed_http_requests_total[{WINDOW}]))"),
     Rule(
         "genrec:feed_error_ratio:rate5m",
-        f'sum(rate(feed_http_requests_total{{status=~"5.."}}[{WINDOW}])) / clamp_min(sum(rate(feed_http_requests_total[{WINDOW}])), 1e-9)',
+        # the API routes only: /readyz answers 503 by design while a dependency is down, and
+        # probes and scrapes would dilute the ratio
+        f'sum(rate(feed_http_requests_total{{status=~"5..", {API}}}[{WINDOW}])) / clamp_min(sum(rate(feed_http_requests_total{{{API}}}[{WINDOW}])), 1e-9)',
     ),
-    Rule("genrec:feed_triton_seconds:p99_5m", _quantile(0.99, "feed_triton_request_duration_seconds")),
+    Rule(
+        "genrec:feed_fallback_ratio:rate5m",
+        f"sum(rate(feed_fallbacks_total[{WINDOW}])) / clamp_min(sum(rate(feed_http_requests_total{{{FEED}}}[{WINDOW}])), 1e-9)",
+    ),
+    # the calls that answered: a failed call (timeout, unavailable) is recorded under its own
+    # outcome and would put the deadline into the P99
+    Rule("genrec:feed_triton_seconds:p99_5m", _quantile(0.99, "feed_triton_request_duration_seconds", selector='outcome="ok"')),
 )
 
 
@@ -92,7 +106,18 @@ ALERTS = (
     Alert(
         "GenrecFeedErrorRatioHigh",
         f"genrec:feed_error_ratio:rate5m > {SLO_ERROR_RATIO}",
-        "more than 0.05% of feed requests answer 5xx for 5 minutes",
+        "more than 0.05% of feed API requests (/v1/...) answer 5xx for 5 minutes",
+    ),
+    Alert(
+        "GenrecFeedFallbackRatioHigh",
+        f"genrec:feed_fallback_ratio:rate5m > {MAX_FALLBACK_RATIO}",
+        "more than 1% of /v1/feed answers are fallback feeds for 5 minutes (Triton slow or down; feed_fallbacks_total by reason)",
+    ),
+    Alert(
+        "GenrecTargetDown",
+        "up == 0",
+        "Prometheus cannot scrape {{ $labels.job }} ({{ $labels.instance }}) for 1 minute",
+        for_=TARGET_DOWN_FOR,
     ),
 )
 
@@ -135,13 +160,16 @@ PANELS = (
     Panel(
         "Feed P99 per route",
         "s",
-        (("p99 {{route}}", f"genrec:feed_request_seconds:p99_5m{{{API}}}"), ("feed -> recommend p99", "genrec:feed_triton_seconds:p99_5m")),
+        (
+            ("p99 {{route}}", f"genrec:feed_request_seconds:p99_5m{{{API}}}"),
+            ("feed -> recommend p99 (ok)", "genrec:feed_triton_seconds:p99_5m"),
+        ),
         key=True,
     ),
     Panel(
         "Error ratio (SLO 0.05%)",
         "percentunit",
-        (("recommend", "genrec:recommend_error_ratio:rate5m"), ("feed 5xx", "genrec:feed_error_ratio:rate5m")),
+        (("recommend", "genrec:recommend_error_ratio:rate5m"), ("feed /v1 5xx", "genrec:feed_error_ratio:rate5m")),
         key=True,
     ),
     Panel(
@@ -192,6 +220,11 @@ PANELS = (
         description="Mean candidates after generation, merge with ANN (<= 1000), pre-rank (100), and returned.",
     ),
     Panel("Feed composition (items served by type)", "short", (("{{type}}", _per_second("feed_items_served_total", "type")),), key=True),
-    Panel("Feed fallbacks by reason", "short", (("{{reason}}", _per_second("feed_fallbacks_total", "reason")),)),
+    Panel(
+        "Feed fallbacks by reason",
+        "short",
+        (("{{reason}}", _per_second("feed_fallbacks_total", "reason")), ("share of /v1/feed", "genrec:feed_fallback_ratio:rate5m")),
+        description="Fallback feeds per second by reason, and their share of /v1/feed answers (alert over 1% for 5 minutes).",
+    ),
     Panel("Events by outcome", "short", (("{{outcome}}", _per_second("feed_events_total", "outcome")),)),
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dashboards import build
-from dashboards.panels import ALERTS, PANELS, RECORDING_RULES, TRITON_METRICS
+from dashboards.panels import ALERTS, PANELS, PROMETHEUS_SERIES, RECORDING_RULES, TRITON_METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS_AND_KEYWORDS = {"sum", "rate", "histogram_quantile", "clamp_min", "by", "without", "and", "or", "unless", "on", "ignoring"}
@@ -32,7 +32,7 @@ def metric_names(expr: str) -> set[str]:
 def declared_series() -> set[str]:
     from genrec.ensemble.serving_metrics import ALL, HISTOGRAM
 
-    names: set[str] = set(TRITON_METRICS) | {r.record for r in RECORDING_RULES}
+    names: set[str] = set(TRITON_METRICS) | set(PROMETHEUS_SERIES) | {r.record for r in RECORDING_RULES}
     for spec in ALL:
         names |= {spec.name + sfx for sfx in ("_bucket", "_sum", "_count")} if spec.kind == HISTOGRAM else {spec.name}
     # the feed's metrics module, read without importing bentoml: bentoml.metrics.<Kind>(name="...")
@@ -78,6 +78,20 @@ def test_alerts_follow_the_slos():
     exprs = {a.name: (a.expr, a.for_) for a in ALERTS}
     assert exprs["GenrecRecommendP99High"] == ("genrec:recommend_request_seconds:p99_5m > 0.04", "5m")
     assert exprs["GenrecRecommendErrorRatioHigh"] == ("genrec:recommend_error_ratio:rate5m > 0.0005", "5m")
+    assert exprs["GenrecFeedFallbackRatioHigh"] == ("genrec:feed_fallback_ratio:rate5m > 0.01", "5m")
+    assert exprs["GenrecTargetDown"] == ("up == 0", "1m")
+
+
+def test_feed_rules_read_the_right_series():
+    rules = {r.record: r.expr for r in RECORDING_RULES}
+    # the feed -> Triton P99 is over the calls that answered; failures are another outcome
+    assert 'feed_triton_request_duration_seconds_bucket{outcome="ok"}' in rules["genrec:feed_triton_seconds:p99_5m"]
+    # the error ratio counts the API routes only (not /readyz's 503s, not /metrics), both sides
+    ratio = rules["genrec:feed_error_ratio:rate5m"]
+    assert ratio.count('route=~"/v1/.*"') == 2 and 'status=~"5.."' in ratio
+    # fallbacks over /v1/feed requests
+    fallback = rules["genrec:feed_fallback_ratio:rate5m"]
+    assert "feed_fallbacks_total" in fallback and 'feed_http_requests_total{route="/v1/feed"}' in fallback
 
 
 @pytest.mark.skipif(
