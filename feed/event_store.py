@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,7 +36,7 @@ def _script(name: str) -> str:
     return resources.files("genrec.feed").joinpath("lua").joinpath(name).read_text()
 
 
-def _store_call(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _store_call(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Redis's errors become the domain's ``StoreUnavailable``."""
 
     @functools.wraps(method)
