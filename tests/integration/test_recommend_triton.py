@@ -102,11 +102,15 @@ def test_excluded_items_are_never_returned(server, heldout):
     assert not np.isin(again.items, blocked[:3]).any()
     import tritonclient.http as http
 
-    param = http.InferenceServerClient(server.http_url).infer(
-        "recommend",
-        client_inputs(client, req),
-        parameters={"excluded_items": ",".join(map(str, blocked[3:5]))},
-    ).as_numpy("items")
+    param = (
+        http.InferenceServerClient(server.http_url)
+        .infer(
+            "recommend",
+            client_inputs(client, req),
+            parameters={"excluded_items": ",".join(map(str, blocked[3:5]))},
+        )
+        .as_numpy("items")
+    )
     assert not np.isin(param, blocked[3:5]).any()
 
 
