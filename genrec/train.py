@@ -261,7 +261,7 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = Fa
     return model, loss_val, report
 
 
-def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = False) -> dict[str, float]:
+def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = False) -> dict[str, object]:
     """Choose the pre-rank weight, then train the ranker, on validation targets (under the
     evaluation protocol: with ``exclude_seen`` the requests exclude the user's earlier items)."""
     rng = np.random.default_rng(cfg.train.seed + 1)
@@ -319,7 +319,7 @@ def ranker_check(
         c, g = tr.candidates, tr.generated
         kept = top_k(prerank_scores(c, weight), cfg.pipeline.prerank_keep)  # the rows of f
         ranked = {
-            "ranker": c.items[kept[top_k(ranker.predict(f, num_threads=1), 10)]] if len(f) else c.items[:0],
+            "ranker": c.items[kept[top_k(np.asarray(ranker.predict(f, num_threads=1)), 10)]] if len(f) else c.items[:0],
             "prerank": c.items[kept[:10]],
             "ann_only": c.items[c.in_ann][:10],
             "generation_only": g.items[np.lexsort((-bundle.items.log_popularity[g.items], -g.logprob))][:10],
