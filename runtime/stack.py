@@ -124,7 +124,8 @@ class Stack:
         """The pid of a service this stack started, if that very process still runs.
 
         The pid file holds ``<pid> <start time>``; a pid reused by another process (a different
-        start time in /proc) counts as gone, so `down` can never signal a stranger."""
+        start time in /proc) counts as gone, and so does a file without a start time (nothing
+        proves the process is ours), so `down` can never signal a stranger."""
         f = self.pid_file(name)
         if not f.exists():
             return None
@@ -133,13 +134,21 @@ class Stack:
             pid = int(pid_s)
         except ValueError:
             return None
+        if not start_s:
+            return None
         start = _start_time(pid)
-        if start is None or (start_s and start != start_s):
+        if start is None or start != start_s:
             return None
         return pid
 
     def record(self, name: str, pid: int) -> None:
-        self.pid_file(name).write_text(f"{pid} {_start_time(pid) or ''}\n")
+        """Write ``<pid> <start time>``. No start time (the process already exited) is a failed
+        start: nothing is recorded, since a pid without one could later name any process."""
+        start = _start_time(pid)
+        if start is None:
+            self.pid_file(name).unlink(missing_ok=True)
+            raise StackError(f"{name} (pid {pid}) exited as it started; see {self.log_file(name)}:\n{_tail(self.log_file(name))}")
+        self.pid_file(name).write_text(f"{pid} {start}\n")
 
     # ---- health ----------------------------------------------------------------------------
     def healthy(self, name: str, st: State) -> bool:
