@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -155,12 +157,21 @@ def _events_body(user_id: str, events: list[Event | dict[str, Any]]) -> dict[str
     }
 
 
+class _Route(NamedTuple):
+    """What one call sends and how its answer is read: ``read(response, request_id)``."""
+
+    method: str
+    path: str
+    read: Callable[[Any, str], Any]
+    kw: dict[str, Any]
+
+
 class _Calls:
-    """What each route sends and how its answer is read; the sync and asyncio clients add I/O."""
+    """Each route's request and answer; the sync and asyncio clients add only the I/O."""
 
     @staticmethod
-    def feed(user_id: str, count: int | None, cursor: str | None, **extra: str | None) -> tuple[str, str, dict[str, Any]]:
-        return "POST", "/v1/feed", _feed_body(user_id, count, cursor, **extra)
+    def feed(user_id: str, count: int | None, cursor: str | None, **extra: str | None) -> _Route:
+        return _Route("POST", "/v1/feed", _Calls.page, {"json": _feed_body(user_id, count, cursor, **extra)})
 
     @staticmethod
     def page(r: Any, rid: str) -> FeedPage:
@@ -168,10 +179,27 @@ class _Calls:
         return FeedPage(**env["data"], request_id=env["request_id"], replayed=r.headers.get("x-feed-replayed") == "1")
 
     @staticmethod
+    def events(user_id: str, events: list[Event | dict[str, Any]], idempotency_key: str | None) -> _Route:
+        key = idempotency_key or uuid.uuid4().hex  # made once: every retry sends the same key
+        kw = {"json": _events_body(user_id, events), "headers": {"Idempotency-Key": key}}
+        return _Route("POST", "/v1/events", lambda r, rid: _Calls.events_result(r, rid, key), kw)
+
+    @staticmethod
     def events_result(r: Any, rid: str, key: str) -> EventsResult:
         env = _raise_for(r, rid)
         replayed = r.headers.get("idempotent-replayed") == "true"
         return EventsResult(**env["data"], idempotency_key=key, replayed=replayed, request_id=env["request_id"])
+
+    @staticmethod
+    def item(item_id: int) -> _Route:
+        return _Route("GET", f"/v1/items/{int(item_id)}", lambda r, rid: Item(**_raise_for(r, rid)["data"]), {})
+
+    @staticmethod
+    def similar(item_id: int, k: int, user_id: str | None) -> _Route:
+        params: dict[str, Any] = {"k": k, **({"user_id": user_id} if user_id else {})}
+        return _Route(
+            "GET", f"/v1/items/{int(item_id)}/similar", lambda r, rid: SimilarItems(**_raise_for(r, rid)["data"]), {"params": params}
+        )
 
 
 def _headers(rid: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -184,31 +212,44 @@ def _limits(n: int) -> Any:
     return httpx.Limits(max_connections=n, max_keepalive_connections=n)
 
 
-class FeedClient:
+class _FeedBase:
+    def __init__(self, base_url: str, timeout_s: float, retry: RetryPolicy | None, max_connections: int) -> None:
+        self.base_url = base_url if "://" in base_url else f"http://{base_url}"
+        self.timeout_s = timeout_s
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.max_connections = max_connections
+
+    def _request(self, route: _Route, rid: str) -> dict[str, Any]:
+        """httpx ``request`` keyword arguments of ``route`` (the request id among its headers)."""
+        return {**route.kw, "headers": _headers(rid, route.kw.get("headers"))}
+
+    def _timeout(self, timeout_s: float | None, attempt: Any, rid: str) -> float:
+        """The per-call timeout, capped at what is left of the retry policy's deadline."""
+        expired = partial(FeedApiError, code="DEADLINE_EXCEEDED", request_id=rid, retryable=False)
+        return self.retry.attempt_timeout(self.timeout_s if timeout_s is None else timeout_s, attempt, expired)
+
+
+class FeedClient(_FeedBase):
     """Sync client over one pooled ``httpx.Client``."""
 
     def __init__(self, base_url: str, timeout_s: float = 2.0, retry: RetryPolicy | None = None, max_connections: int = 32) -> None:
         import httpx
 
-        self.base_url = base_url if "://" in base_url else f"http://{base_url}"
-        self.timeout_s = timeout_s
-        self.retry = retry if retry is not None else RetryPolicy()
+        super().__init__(base_url, timeout_s, retry, max_connections)
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s, limits=_limits(max_connections))
 
-    def _send(self, method: str, path: str, rid: str, timeout_s: float | None, **kw: Any) -> Any:
+    def _call(self, route: _Route, timeout_s: float | None, rid: str | None) -> Any:
         import httpx
 
-        try:
-            return self.http.request(method, path, timeout=self.timeout_s if timeout_s is None else timeout_s, **kw)
-        except httpx.TransportError as e:
-            raise _transport(e, rid) from e
-
-    def _call(self, method: str, path: str, read: Any, timeout_s: float | None, rid: str | None, **kw: Any) -> Any:
         rid = rid or uuid.uuid4().hex
-        kw["headers"] = _headers(rid, kw.get("headers"))
+        kw = self._request(route, rid)
         for attempt in self.retry.sync():
             with attempt:
-                return read(self._send(method, path, rid, timeout_s, **kw), rid)
+                try:
+                    r = self.http.request(route.method, route.path, timeout=self._timeout(timeout_s, attempt, rid), **kw)
+                except httpx.TransportError as e:
+                    raise _transport(e, rid) from e
+                return route.read(r, rid)
         raise AssertionError("unreachable")
 
     def feed(
@@ -224,8 +265,9 @@ class FeedClient:
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> FeedPage:
-        method, path, body = _Calls.feed(user_id, count, cursor, scene=scene, device=device, geo=geo, ab_bucket=ab_bucket)
-        return self._call(method, path, _Calls.page, timeout_s, request_id, json=body)
+        return self._call(
+            _Calls.feed(user_id, count, cursor, scene=scene, device=device, geo=geo, ab_bucket=ab_bucket), timeout_s, request_id
+        )
 
     def events(
         self,
@@ -236,32 +278,15 @@ class FeedClient:
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> EventsResult:
-        key = idempotency_key or uuid.uuid4().hex  # made once: every retry sends the same key
-        return self._call(
-            "POST",
-            "/v1/events",
-            lambda r, rid: _Calls.events_result(r, rid, key),
-            timeout_s,
-            request_id,
-            json=_events_body(user_id, events),
-            headers={"Idempotency-Key": key},
-        )
+        return self._call(_Calls.events(user_id, events, idempotency_key), timeout_s, request_id)
 
     def item(self, item_id: int, *, timeout_s: float | None = None, request_id: str | None = None) -> Item:
-        return self._call("GET", f"/v1/items/{int(item_id)}", lambda r, rid: Item(**_raise_for(r, rid)["data"]), timeout_s, request_id)
+        return self._call(_Calls.item(item_id), timeout_s, request_id)
 
     def similar(
         self, item_id: int, k: int = 10, user_id: str | None = None, *, timeout_s: float | None = None, request_id: str | None = None
     ) -> SimilarItems:
-        params: dict[str, Any] = {"k": k, **({"user_id": user_id} if user_id else {})}
-        return self._call(
-            "GET",
-            f"/v1/items/{int(item_id)}/similar",
-            lambda r, rid: SimilarItems(**_raise_for(r, rid)["data"]),
-            timeout_s,
-            request_id,
-            params=params,
-        )
+        return self._call(_Calls.similar(item_id, k, user_id), timeout_s, request_id)
 
     def ready(self, timeout_s: float = 2.0) -> bool:
         try:
@@ -279,14 +304,11 @@ class FeedClient:
         self.close()
 
 
-class AsyncFeedClient:
+class AsyncFeedClient(_FeedBase):
     """asyncio client over one pooled ``httpx.AsyncClient`` (made on first use)."""
 
     def __init__(self, base_url: str, timeout_s: float = 2.0, retry: RetryPolicy | None = None, max_connections: int = 32) -> None:
-        self.base_url = base_url if "://" in base_url else f"http://{base_url}"
-        self.timeout_s = timeout_s
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.max_connections = max_connections
+        super().__init__(base_url, timeout_s, retry, max_connections)
         self._http: Any = None
 
     @property
@@ -297,18 +319,18 @@ class AsyncFeedClient:
             self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s, limits=_limits(self.max_connections))
         return self._http
 
-    async def _call(self, method: str, path: str, read: Any, timeout_s: float | None, rid: str | None, **kw: Any) -> Any:
+    async def _call(self, route: _Route, timeout_s: float | None, rid: str | None) -> Any:
         import httpx
 
         rid = rid or uuid.uuid4().hex
-        kw["headers"] = _headers(rid, kw.get("headers"))
+        kw = self._request(route, rid)
         async for attempt in self.retry.asyncio():
             with attempt:
                 try:
-                    r = await self.http.request(method, path, timeout=self.timeout_s if timeout_s is None else timeout_s, **kw)
+                    r = await self.http.request(route.method, route.path, timeout=self._timeout(timeout_s, attempt, rid), **kw)
                 except httpx.TransportError as e:
                     raise _transport(e, rid) from e
-                return read(r, rid)
+                return route.read(r, rid)
         raise AssertionError("unreachable")
 
     async def feed(
@@ -324,8 +346,8 @@ class AsyncFeedClient:
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> FeedPage:
-        method, path, body = _Calls.feed(user_id, count, cursor, scene=scene, device=device, geo=geo, ab_bucket=ab_bucket)
-        return await self._call(method, path, _Calls.page, timeout_s, request_id, json=body)
+        route = _Calls.feed(user_id, count, cursor, scene=scene, device=device, geo=geo, ab_bucket=ab_bucket)
+        return await self._call(route, timeout_s, request_id)
 
     async def events(
         self,
@@ -336,34 +358,15 @@ class AsyncFeedClient:
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> EventsResult:
-        key = idempotency_key or uuid.uuid4().hex
-        return await self._call(
-            "POST",
-            "/v1/events",
-            lambda r, rid: _Calls.events_result(r, rid, key),
-            timeout_s,
-            request_id,
-            json=_events_body(user_id, events),
-            headers={"Idempotency-Key": key},
-        )
+        return await self._call(_Calls.events(user_id, events, idempotency_key), timeout_s, request_id)
 
     async def item(self, item_id: int, *, timeout_s: float | None = None, request_id: str | None = None) -> Item:
-        return await self._call(
-            "GET", f"/v1/items/{int(item_id)}", lambda r, rid: Item(**_raise_for(r, rid)["data"]), timeout_s, request_id
-        )
+        return await self._call(_Calls.item(item_id), timeout_s, request_id)
 
     async def similar(
         self, item_id: int, k: int = 10, user_id: str | None = None, *, timeout_s: float | None = None, request_id: str | None = None
     ) -> SimilarItems:
-        params: dict[str, Any] = {"k": k, **({"user_id": user_id} if user_id else {})}
-        return await self._call(
-            "GET",
-            f"/v1/items/{int(item_id)}/similar",
-            lambda r, rid: SimilarItems(**_raise_for(r, rid)["data"]),
-            timeout_s,
-            request_id,
-            params=params,
-        )
+        return await self._call(_Calls.similar(item_id, k, user_id), timeout_s, request_id)
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
         try:

@@ -19,6 +19,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,56 @@ def _grpc_inputs(module: Any, tensors: list[Tensor]) -> list[Any]:
     return out
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One ``recommend`` call, encoded once; every attempt (sync or asyncio, gRPC or HTTP) sends
+    it with ``grpc_kwargs`` / ``http_path`` + ``http_body`` and reads the answer with
+    ``grpc_answer`` / ``http_answer``. Only the awaiting differs between the two clients."""
+
+    tensors: list[Tensor]
+    params: dict[str, Any]
+    rid: str
+    timeout_s: float
+    version: str
+
+    @classmethod
+    def make(
+        cls, args: tuple[ArrayLike, ...], timeout_s: float, request_id: str | None, model_version: str, options: dict[str, Any]
+    ) -> _Call:
+        tensors, params = encode_request(*args, **options)
+        return cls(tensors, params, request_id or uuid.uuid4().hex, timeout_s, model_version)
+
+    def attempt_timeout(self, policy: RetryPolicy, attempt: Any) -> float:
+        """The per-call timeout, capped at what is left of the policy's deadline."""
+        expired = partial(RecommendError, code="DEADLINE_EXCEEDED", request_id=self.rid, retryable=False)
+        return policy.attempt_timeout(self.timeout_s, attempt, expired)
+
+    def grpc_kwargs(self, module: Any, timeout: float) -> dict[str, Any]:
+        return {
+            "model_name": MODEL,
+            "inputs": _grpc_inputs(module, self.tensors),
+            "model_version": self.version,
+            "request_id": self.rid,
+            "parameters": self.params or None,
+            "client_timeout": timeout,
+        }
+
+    def grpc_answer(self, res: Any) -> RecommendResult:
+        return RecommendResult(res.as_numpy("items"), res.as_numpy("scores"), str(res.get_response().model_version), self.rid)
+
+    @property
+    def http_path(self) -> str:
+        return f"/v2/models/{MODEL}" + (f"/versions/{self.version}" if self.version else "") + "/infer"
+
+    def http_body(self) -> dict[str, Any]:
+        return _http_body(self.tensors, self.params, self.rid)
+
+    def http_answer(self, r: Any) -> RecommendResult:
+        if r.status_code != 200:
+            raise _http_error(r.status_code, r.content, r.headers, self.rid)
+        return _http_result(r.json(), self.rid)
+
+
 def _grpc_url(url: str) -> str:
     return url.split("://", 1)[-1].rstrip("/")
 
@@ -154,7 +205,19 @@ def _pool(max_connections: int) -> Any:
     return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
 
-class RecommendClient:
+class _RecommendBase:
+    def __init__(self, url: str, protocol: str, timeout_s: float, retry: RetryPolicy | None, max_connections: int) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.max_connections = max_connections
+
+    def _call(self, args: tuple[ArrayLike, ...], timeout_s: float | None, request_id: str | None, version: str, options: Any) -> _Call:
+        return _Call.make(args, self.timeout_s if timeout_s is None else timeout_s, request_id, version, options)
+
+
+class RecommendClient(_RecommendBase):
     """Sync client. ``protocol``: ``grpc`` (``host:8001``) or ``http`` (``host:8000``)."""
 
     def __init__(
@@ -165,10 +228,7 @@ class RecommendClient:
         retry: RetryPolicy | None = None,
         max_connections: int = 16,
     ) -> None:
-        if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
-        self.retry = retry if retry is not None else RetryPolicy()
+        super().__init__(url, protocol, timeout_s, retry, max_connections)
         if protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
@@ -193,41 +253,27 @@ class RecommendClient:
     ) -> RecommendResult:
         """``options``: user_id, segment, ctx_device, request_time, excluded, beam_width,
         ann_candidates, max_candidates, top_k (see ``encode_request``)."""
-        tensors, params = encode_request(items, actions, timestamps, devices, **options)
-        rid = request_id or uuid.uuid4().hex
-        timeout = self.timeout_s if timeout_s is None else timeout_s
+        call = self._call((items, actions, timestamps, devices), timeout_s, request_id, model_version, options)
         for attempt in self.retry.sync():
             with attempt:
-                return self._once(tensors, params, rid, timeout, model_version)
+                return self._once(call, call.attempt_timeout(self.retry, attempt))
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    def _once(self, tensors: list[Tensor], params: dict[str, Any], rid: str, timeout: float, version: str) -> RecommendResult:
+    def _once(self, call: _Call, timeout: float) -> RecommendResult:
         if self.protocol == "grpc":
             from tritonclient.utils import InferenceServerException
 
             try:
-                res = self.client.infer(
-                    MODEL,
-                    _grpc_inputs(self._grpc, tensors),
-                    model_version=version,
-                    request_id=rid,
-                    parameters=params or None,
-                    client_timeout=timeout,
-                )
+                return call.grpc_answer(self.client.infer(**call.grpc_kwargs(self._grpc, timeout)))
             except InferenceServerException as e:
-                raise _grpc_error(e, rid) from e
-            resp = res.get_response()
-            return RecommendResult(res.as_numpy("items"), res.as_numpy("scores"), str(resp.model_version), rid)
+                raise _grpc_error(e, call.rid) from e
         import httpx
 
-        path = f"/v2/models/{MODEL}" + (f"/versions/{version}" if version else "") + "/infer"
         try:
-            r = self.client.post(path, json=_http_body(tensors, params, rid), timeout=timeout)
+            r = self.client.post(call.http_path, json=call.http_body(), timeout=timeout)
         except httpx.TransportError as e:
-            raise _transport_error(e, rid) from e
-        if r.status_code != 200:
-            raise _http_error(r.status_code, r.content, r.headers, rid)
-        return _http_result(r.json(), rid)
+            raise _transport_error(e, call.rid) from e
+        return call.http_answer(r)
 
     def ready(self, timeout_s: float = 2.0) -> bool:
         """Is ``recommend`` ready to serve (no retry)?"""
@@ -248,7 +294,7 @@ class RecommendClient:
         self.close()
 
 
-class AsyncRecommendClient:
+class AsyncRecommendClient(_RecommendBase):
     """asyncio client (``tritonclient.grpc.aio`` or ``httpx.AsyncClient``), the same calls awaited."""
 
     def __init__(
@@ -259,11 +305,7 @@ class AsyncRecommendClient:
         retry: RetryPolicy | None = None,
         max_connections: int = 16,
     ) -> None:
-        if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.max_connections = max_connections
+        super().__init__(url, protocol, timeout_s, retry, max_connections)
         self._client: Any = None  # made on first use, inside the running event loop
 
     @property
@@ -291,42 +333,28 @@ class AsyncRecommendClient:
         model_version: str = "",
         **options: Any,
     ) -> RecommendResult:
-        tensors, params = encode_request(items, actions, timestamps, devices, **options)
-        rid = request_id or uuid.uuid4().hex
-        timeout = self.timeout_s if timeout_s is None else timeout_s
+        call = self._call((items, actions, timestamps, devices), timeout_s, request_id, model_version, options)
         async for attempt in self.retry.asyncio():
             with attempt:
-                return await self._once(tensors, params, rid, timeout, model_version)
+                return await self._once(call, call.attempt_timeout(self.retry, attempt))
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _once(self, tensors: list[Tensor], params: dict[str, Any], rid: str, timeout: float, version: str) -> RecommendResult:
+    async def _once(self, call: _Call, timeout: float) -> RecommendResult:
         if self.protocol == "grpc":
             import tritonclient.grpc as grpcclient
             from tritonclient.utils import InferenceServerException
 
             try:
-                res = await self.client.infer(
-                    MODEL,
-                    _grpc_inputs(grpcclient, tensors),
-                    model_version=version,
-                    request_id=rid,
-                    parameters=params or None,
-                    client_timeout=timeout,
-                )
+                return call.grpc_answer(await self.client.infer(**call.grpc_kwargs(grpcclient, timeout)))
             except InferenceServerException as e:
-                raise _grpc_error(e, rid) from e
-            resp = res.get_response()
-            return RecommendResult(res.as_numpy("items"), res.as_numpy("scores"), str(resp.model_version), rid)
+                raise _grpc_error(e, call.rid) from e
         import httpx
 
-        path = f"/v2/models/{MODEL}" + (f"/versions/{version}" if version else "") + "/infer"
         try:
-            r = await self.client.post(path, json=_http_body(tensors, params, rid), timeout=timeout)
+            r = await self.client.post(call.http_path, json=call.http_body(), timeout=timeout)
         except httpx.TransportError as e:
-            raise _transport_error(e, rid) from e
-        if r.status_code != 200:
-            raise _http_error(r.status_code, r.content, r.headers, rid)
-        return _http_result(r.json(), rid)
+            raise _transport_error(e, call.rid) from e
+        return call.http_answer(r)
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
         try:

@@ -1,20 +1,26 @@
 """The retry policy shared by every client: tenacity, jittered exponential backoff, and only
 for failures marked retryable (see ``errors``). A server's ``Retry-After`` replaces the backoff
-for that wait (capped by ``max_retry_after_s``)."""
+for that wait (capped by ``max_retry_after_s``).
+
+``deadline_s`` is a real deadline for the whole call: no wait is started that would end past it,
+and each attempt's timeout is capped at the time left (``attempt_timeout``), so an attempt that
+starts 29 s into a 30 s deadline gets 1 s, not the full per-call timeout."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tenacity import (
     AsyncRetrying,
+    AttemptManager,
     RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 from tenacity.wait import wait_base
@@ -29,7 +35,8 @@ def is_retryable(e: BaseException) -> bool:
 @dataclass(frozen=True)
 class RetryPolicy:
     """``attempts`` calls at most (1 = no retry); waits drawn from [0, min(max_s, initial_s * 2**n)]
-    ("full jitter"); ``deadline_s`` bounds the time spent across attempts and waits."""
+    ("full jitter"); ``deadline_s`` bounds the time spent across attempts and waits: a wait that
+    would end past it is not started, and each attempt's timeout is capped at the time left."""
 
     attempts: int = 4
     initial_s: float = 0.05
@@ -45,7 +52,7 @@ class RetryPolicy:
     def _kwargs(self) -> dict:
         stop: Any = stop_after_attempt(max(1, self.attempts))
         if self.deadline_s is not None:
-            stop = stop | stop_after_delay(self.deadline_s)
+            stop = stop | stop_before_delay(self.deadline_s)  # no sleep that would end past the deadline
         return {
             "stop": stop,
             "wait": _RetryAfterOrBackoff(self),
@@ -59,6 +66,17 @@ class RetryPolicy:
 
     def asyncio(self) -> AsyncRetrying:
         return AsyncRetrying(**self._kwargs())
+
+    def attempt_timeout(self, timeout_s: float, attempt: AttemptManager, expired: Callable[[str], ClientError]) -> float:
+        """``timeout_s`` capped at the time left before ``deadline_s``, counted from the call's
+        first attempt (``attempt`` is the one about to run). With no time left, raises
+        ``expired(message)`` (build it non-retryable) instead of sending a request."""
+        if self.deadline_s is None:
+            return timeout_s
+        left = self.deadline_s - (time.monotonic() - attempt.retry_state.start_time)
+        if left <= 0:
+            raise expired(f"deadline of {self.deadline_s:g} s spent before attempt {attempt.retry_state.attempt_number}")
+        return min(timeout_s, left)
 
 
 class _RetryAfterOrBackoff(wait_base):

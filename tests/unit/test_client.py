@@ -226,3 +226,130 @@ def test_results_are_numpy_typed(scripted):
     h.script += [(200, {}, out)]
     r = RecommendClient(url, "http").recommend([1], [0], [1.7e9], [0], top_k=2)
     assert r.items.dtype == np.int64 and r.scores.dtype == np.float32 and r.model_version == "3"
+
+
+# ---- deadline_s is a real deadline: each attempt's timeout is capped at the time left ----------
+
+DEADLINE_S = 0.6
+NEVER_S = 3.0  # a fake server that answers only when the caller's timeout runs out (capped here)
+
+
+class SlowCalls:
+    """Fake transports that never answer within the timeout they are given: each call records
+    that timeout, sleeps it out (at most NEVER_S) and fails the way a timed-out call fails."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def _wait(self, timeout: float) -> float:
+        self.timeouts.append(timeout)
+        return min(timeout, NEVER_S)
+
+    def grpc_infer(self, **kw):
+        from tritonclient.utils import InferenceServerException
+
+        time.sleep(self._wait(kw["client_timeout"]))
+        raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+
+    async def grpc_infer_async(self, **kw):
+        from tritonclient.utils import InferenceServerException
+
+        await asyncio.sleep(self._wait(kw["client_timeout"]))
+        raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+
+    def http(self, request):
+        import httpx
+
+        time.sleep(self._wait(request.extensions["timeout"]["read"]))
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    async def http_async(self, request):
+        import httpx
+
+        await asyncio.sleep(self._wait(request.extensions["timeout"]["read"]))
+        raise httpx.ReadTimeout("timed out", request=request)
+
+
+def _deadline_policy() -> RetryPolicy:
+    return RetryPolicy(attempts=50, initial_s=0.001, max_s=0.01, deadline_s=DEADLINE_S)
+
+
+def _slow_client(kind: str, slow: SlowCalls):
+    """(client, call) where ``call()`` runs one request through the fake slow transport."""
+    import types
+
+    import httpx
+
+    from genrec.client import AsyncRecommendClient
+
+    history = ([1], [0], [1.7e9], [0])
+    policy = _deadline_policy()
+    if kind == "recommend-grpc":
+        c = RecommendClient("127.0.0.1:1", timeout_s=10.0, retry=policy)
+        c.client = types.SimpleNamespace(infer=slow.grpc_infer)
+        return lambda: c.recommend(*history)
+    if kind == "recommend-grpc-async":
+        a = AsyncRecommendClient("127.0.0.1:1", timeout_s=10.0, retry=policy)
+        a._client = types.SimpleNamespace(infer=slow.grpc_infer_async)
+        return lambda: asyncio.run(a.recommend(*history))
+    if kind == "recommend-http":
+        c = RecommendClient("127.0.0.1:1", "http", timeout_s=10.0, retry=policy)
+        c.client = httpx.Client(base_url="http://127.0.0.1:1", transport=httpx.MockTransport(slow.http))
+        return lambda: c.recommend(*history)
+    if kind == "recommend-http-async":
+        a = AsyncRecommendClient("127.0.0.1:1", "http", timeout_s=10.0, retry=policy)
+        a._client = httpx.AsyncClient(base_url="http://127.0.0.1:1", transport=httpx.MockTransport(slow.http_async))
+        return lambda: asyncio.run(a.recommend(*history))
+    if kind == "feed":
+        f = FeedClient("127.0.0.1:1", timeout_s=10.0, retry=policy)
+        f.http = httpx.Client(base_url="http://127.0.0.1:1", transport=httpx.MockTransport(slow.http))
+        return lambda: f.feed("u1")
+    assert kind == "feed-async"
+    af = AsyncFeedClient("127.0.0.1:1", timeout_s=10.0, retry=policy)
+    af._http = httpx.AsyncClient(base_url="http://127.0.0.1:1", transport=httpx.MockTransport(slow.http_async))
+    return lambda: asyncio.run(af.feed("u1"))
+
+
+@pytest.mark.parametrize("kind", ["recommend-grpc", "recommend-grpc-async", "recommend-http", "recommend-http-async", "feed", "feed-async"])
+def test_each_attempt_gets_only_the_time_left_before_the_deadline(kind):
+    # per-call timeout 10 s, deadline 0.6 s, a server that never answers: the call gives up after
+    # about 0.6 s (before the fix the first attempt alone waited out its full timeout)
+    slow = SlowCalls()
+    call = _slow_client(kind, slow)
+    t0 = time.monotonic()
+    with pytest.raises(ClientError) as e:
+        call()
+    elapsed = time.monotonic() - t0
+    assert e.value.code == "DEADLINE_EXCEEDED"
+    assert slow.timeouts and all(0 < t <= DEADLINE_S for t in slow.timeouts), slow.timeouts
+    assert slow.timeouts == sorted(slow.timeouts, reverse=True)  # each attempt has less left
+    assert elapsed < DEADLINE_S + 1.0 < NEVER_S, elapsed
+
+
+def test_attempt_timeout_caps_at_the_time_left_and_refuses_when_none_is():
+    import types
+
+    def attempt(started_s_ago: float):
+        state = types.SimpleNamespace(start_time=time.monotonic() - started_s_ago, attempt_number=3)
+        return types.SimpleNamespace(retry_state=state)
+
+    policy = RetryPolicy(deadline_s=1.0)
+
+    def expired(m):
+        return ClientError(m, code="DEADLINE_EXCEEDED")
+
+    assert 0.9 < policy.attempt_timeout(5.0, attempt(0.0), expired) <= 1.0
+    assert 0.1 < policy.attempt_timeout(5.0, attempt(0.7), expired) <= 0.3
+    assert policy.attempt_timeout(0.05, attempt(0.7), expired) == 0.05  # a shorter per-call timeout stands
+    with pytest.raises(ClientError, match="deadline of 1 s spent before attempt 3"):
+        policy.attempt_timeout(5.0, attempt(1.1), expired)
+    assert RetryPolicy(deadline_s=None).attempt_timeout(5.0, attempt(99.0), expired) == 5.0
+
+
+def test_no_wait_is_started_that_would_end_past_the_deadline(scripted):
+    url, h = scripted
+    h.script += [(503, {"retry-after": "5"}, _envelope(None, code=50300, msg="busy"))] * 3
+    t0 = time.monotonic()
+    with pytest.raises(FeedApiError) as e:
+        FeedClient(url, retry=RetryPolicy(deadline_s=1.0)).feed("u1")
+    assert e.value.status == 503 and len(h.seen) == 1 and time.monotonic() - t0 < 1.0
