@@ -7,6 +7,7 @@ goes through :func:`error_body` or :func:`ok_body`.
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Any
 
@@ -74,6 +75,13 @@ class FeedError(Exception):
 
 def ok_body(data: Any, request_id: str) -> dict[str, Any]:
     return {"code": 0, "data": data, "msg": "", "request_id": request_id}
+
+
+def ok_json(data: dict[str, Any] | bytes, request_id: str) -> bytes:
+    """The success envelope as JSON bytes. ``data`` given as bytes (a stored page) is placed
+    as it is, so a replayed page is byte for byte the page first served."""
+    raw = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":")).encode()
+    return b'{"code":0,"data":' + raw + b',"msg":"","request_id":' + json.dumps(request_id).encode() + b"}"
 
 
 def error_body(kind: ErrorKind, msg: str, request_id: str) -> dict[str, Any]:

@@ -146,6 +146,8 @@ def test_paging_replays_and_never_repeats(http):
         assert r1.status_code == r2.status_code == 200
         d1, d2 = r1.json()["data"], r2.json()["data"]
         assert json.dumps(d1) == json.dumps(d2), "the same cursor must replay the same page"
+        page_bytes = [r.content.split(b',"msg":', 1)[0] for r in (r1, r2)]  # {"code":0,"data":<the page>
+        assert page_bytes[0] == page_bytes[1], "a replay must be byte for byte the page first served"
         assert d1["page"] == page and d1["items"][0]["position"] == len(seen)
         seen += [i["id"] for i in d1["items"]]
         cursor = d1["next_cursor"]
