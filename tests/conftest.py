@@ -110,7 +110,10 @@ class BentoServe:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> BentoServe:
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "GENREC_FEED__PORT": str(self.port), **self.env}
+        # a BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir
+        # at start, so two services sharing one would wipe each other's metrics
+        home = self.log.parent / f"bentoml_home_{self.port}"
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(home), "GENREC_FEED__PORT": str(self.port), **self.env}
         cmd = [
             str(Path(sys.executable).parent / "bentoml"),
             "serve",
