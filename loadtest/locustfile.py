@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from locust import FastHttpUser, LoadTestShape, User, between, constant_throughput, events, task
+from locust import FastHttpUser, LoadTestShape, User, between, events, task
 from locust.runners import WorkerRunner
 
 # gRPC's C core must cooperate with gevent (locust patched the standard library on import):
@@ -73,12 +73,22 @@ def _workload(options: Any) -> Workload:
 
 
 def _paced(user: Any, think: Any) -> float:
+    """Poisson arrivals at ``--rate`` across the users: each user's next start is an exponential
+    gap after its previous one. Users paced with ``constant_throughput`` stay in lockstep from a
+    common start and hit a one-instance server in bursts (measured at 8 req/s: 20 ms mean queue
+    time for 13.5 ms of compute), which is the generator's artefact, not the traffic's."""
     o = user.environment.parsed_options
     if o.rate <= 0:
         return think(user)
-    if getattr(user, "_pacer", None) is None:
-        user._pacer = constant_throughput(o.rate / max(1, o.num_users or 1))
-    return user._pacer(user)
+    per_user = o.rate / max(1, o.num_users or 1)
+    now = time.monotonic()
+    previous = getattr(user, "_next_start", None)
+    if previous is None:
+        start = now + random.uniform(0.0, 1.0 / per_user)  # spread the users out once
+    else:  # never build a backlog: after a slow call the next gap counts from about now
+        start = max(previous, now - 1.0 / per_user) + random.expovariate(per_user)
+    user._next_start = start
+    return max(0.0, start - now)
 
 
 def _now() -> float:
