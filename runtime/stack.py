@@ -240,8 +240,9 @@ class Stack:
     def _ports(self, old: State | None, given: dict[str, int | None], free_ports: bool) -> dict[str, int]:
         out: dict[str, int] = {}
         for k, default in DEFAULT_PORTS.items():
-            if given.get(k):
-                out[k] = int(given[k])  # type: ignore[arg-type]
+            port = given.get(k)
+            if port:
+                out[k] = int(port)
             elif old is not None and k in old.ports:
                 out[k] = old.ports[k]  # keep what a running stack uses
             else:
