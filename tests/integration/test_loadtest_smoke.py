@@ -34,7 +34,8 @@ def test_recommend_smoke_run_passes_a_loose_gate_and_writes_csv_html_json(tiny_t
     proc, s = _loadtest(
         tmp_path,
         *("--target", "recommend", "--rate", "4", "--duration", "5s", "--triton-grpc", tiny_triton.grpc_url),
-        *("--workload", str(workload), "--recommend-p99-ms", "5000"),
+        # a few seconds of Poisson arrivals reach the target rate only roughly: a loose floor here
+        *("--workload", str(workload), "--recommend-p99-ms", "5000", "--min-rate-ratio", "0.3"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert s["passed"] and s["total_requests"] >= 5 and s["fail_ratio"] == 0
@@ -72,7 +73,7 @@ def test_feed_smoke_run(tiny_feed, workload, tmp_path):
     proc, s = _loadtest(
         tmp_path,
         *("--target", "feed", "--rate", "6", "--duration", "5s", "--feed-url", tiny_feed.url),
-        *("--workload", str(workload), "--feed-p99-ms", "5000"),
+        *("--workload", str(workload), "--feed-p99-ms", "5000", "--min-rate-ratio", "0.3"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {e["name"]: e for e in s["endpoints"]}
