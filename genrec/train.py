@@ -14,8 +14,10 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,24 +87,31 @@ def validation_samples(split: Split, cfg: Config) -> list[Sample]:
 
 
 @torch.no_grad()
+def sample_batch(ds: Dataset, batch: Sequence[Any]) -> tuple[Any, torch.Tensor]:
+    """Encoder tokens of a batch of training samples (history before ``end``, at the target's
+    device and time) and the target items."""
+    ev = ds.events
+    tokens = build_tokens(
+        [history_slice(ds, s.start, s.end) for s in batch],
+        [int(ds.users.segment[s.user]) for s in batch],
+        [int(ev.device[s.end]) for s in batch],
+        [int(ev.timestamp[s.end]) for s in batch],
+    )
+    return tokens, torch.tensor([int(ev.item[s.end]) for s in batch])
+
+
 def validation_score(ds: Dataset, samples: list[Sample], enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
     """Losses on the validation targets (the early-stopping criterion: generation + weighted
     retrieval, in the served compression mode) and the user vector's recall@10 (reported)."""
     enc.eval()
     dec.eval()
-    ev, codes, tc = ds.events, enc.item_codes, cfg.train
+    codes, tc = enc.item_codes, cfg.train
     item_vecs = enc.item_embeddings()
     gen_sum = ret_sum = hits = 0.0
     sizes = [event_tokens(s.end - s.start) for s in samples]
     for sl in chunk_by_tokens(sizes, tc.token_budget, tc.batch_size):
         batch = samples[sl]
-        tokens = build_tokens(
-            [history_slice(ds, s.start, s.end) for s in batch],
-            [int(ds.users.segment[s.user]) for s in batch],
-            [int(ev.device[s.end]) for s in batch],
-            [int(ev.timestamp[s.end]) for s in batch],
-        )
-        target = torch.tensor([int(ev.item[s.end]) for s in batch])
+        tokens, target = sample_batch(ds, batch)
         out = enc.forward_dense(tokens, compression=cfg.encoder.compression)
         logits, _ = dec(out.memory, out.memory_logw, codes[target])
         gen_sum += float(sum(F.cross_entropy(lg, codes[target, level], reduction="sum") for level, lg in enumerate(logits)))
@@ -151,7 +160,6 @@ def train_generative(
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.01)
     codes = enc.item_codes
-    ev = ds.events
     history = {}
     val_samples = validation_samples(split, cfg)
     stopper = EarlyStopping(tc.patience, [enc, dec])
@@ -168,13 +176,7 @@ def train_generative(
             batch = batches[bi]
             # alternate compression on/off so one model serves both modes
             compression = cfg.encoder.compression and n % 2 == 0
-            tokens = build_tokens(
-                [history_slice(ds, s.start, s.end) for s in batch],
-                [int(ds.users.segment[s.user]) for s in batch],
-                [int(ev.device[s.end]) for s in batch],
-                [int(ev.timestamp[s.end]) for s in batch],
-            )
-            target = torch.tensor([int(ev.item[s.end]) for s in batch])
+            tokens, target = sample_batch(ds, batch)
             out = enc.forward_dense(tokens, compression=compression)
             logits, aux = dec(out.memory, out.memory_logw, codes[target])
             gen_loss = sum((F.cross_entropy(lg, codes[target, level]) for level, lg in enumerate(logits)), start=torch.zeros(()))
