@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genrec.feed.catalogue import AD, PRODUCT
+from genrec.data.schema import ItemKind
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ def blend(
     products: list[tuple[int, float]] = []
     for item, score in candidates:
         item = int(item)
-        if item in skip or not 0 <= item < len(kinds) or kinds[item] == AD:
+        if item in skip or not 0 <= item < len(kinds) or kinds[item] == ItemKind.AD:
             continue
         skip.add(item)
-        (products if kinds[item] == PRODUCT else content).append((item, float(score)))
+        (products if kinds[item] == ItemKind.PRODUCT else content).append((item, float(score)))
     out: list[Placed] = []
     ci = pi = 0
     while len(out) < count:
@@ -86,7 +86,7 @@ def reason_for(item: int, kinds: np.ndarray, categories: np.ndarray, history_cat
     if mode == "fallback":
         return "Popular right now"
     if mode == "cold_start":
-        return "Popular with new readers" if kinds[item] != PRODUCT else "Popular in the shop"
+        return "Popular with new readers" if kinds[item] != ItemKind.PRODUCT else "Popular in the shop"
     if int(categories[item]) in history_categories:
         return f"Because you engaged with category {int(categories[item])}"
-    return "Recommended for you" if kinds[item] != PRODUCT else "Picked for you from the shop"
+    return "Recommended for you" if kinds[item] != ItemKind.PRODUCT else "Picked for you from the shop"

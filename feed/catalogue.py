@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-KIND_NAMES = ("content", "ad", "product")  # genrec.data.schema.ItemKind order
-CONTENT, AD, PRODUCT = 0, 1, 2
+from genrec.data.schema import ItemKind
+
+KIND_NAMES = tuple(k.name.lower() for k in sorted(ItemKind))  # content, ad, product
 
 
 @dataclass
@@ -32,7 +33,7 @@ class FeedCatalogue:
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         self.vectors = (self.vectors / np.maximum(norms, 1e-12)).astype(np.float32)
         self.popular = np.argsort(-self.log_popularity, kind="stable")
-        self.organic_popular = self.popular[self.kind[self.popular] != AD]
+        self.organic_popular = self.popular[self.kind[self.popular] != ItemKind.AD]
 
     @property
     def n_items(self) -> int:
@@ -61,7 +62,7 @@ class FeedCatalogue:
         out: list[tuple[int, float]] = []
         for i in order:
             j = int(i)
-            if j == item_id or j in excluded or self.kind[j] == AD:
+            if j == item_id or j in excluded or self.kind[j] == ItemKind.AD:
                 continue
             out.append((j, float(sims[j])))
             if len(out) == k:

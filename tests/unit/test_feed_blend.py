@@ -6,8 +6,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genrec.data.schema import ItemKind
 from genrec.feed.blend import blend, last_product_position, product_allowed, reason_for
-from genrec.feed.catalogue import AD, CONTENT, PRODUCT
+
+AD, CONTENT, PRODUCT = ItemKind.AD, ItemKind.CONTENT, ItemKind.PRODUCT
 
 
 def _check_density(page, product_every, last_product=None):
