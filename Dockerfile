@@ -31,6 +31,7 @@ COPY exporters ./exporters
 COPY client ./client
 COPY runtime ./runtime
 COPY feed ./feed
+COPY ads ./ads
 COPY model_repository ./model_repository
 RUN python3 -m pip install --no-deps . \
     && useradd --create-home --uid 10001 triton-user \

@@ -215,6 +215,37 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class AdsConfig:
+    """Ads in the feed (``GENREC_ADS__<FIELD>``): auction, density, caps, budgets, pacing,
+    experiments. The rules are documented in ads/README.md."""
+
+    enabled: bool = True
+    # auction: eCPM = pCTR x bid (CPC); the GSP price per click is the next eCPM / own pCTR,
+    # clamped to [floor_cpc, own bid]; an ad whose bid is under the floor is not shown
+    floor_cpc: float = 0.05  # reserve price per click, currency units
+    min_ecpm: float = 0.002  # relevance threshold: a weaker ad never displaces organic items
+    max_candidates: int = 256  # eligible ads scored per feed request (pCTR batch cap)
+    # density (session positions, 0-based): at most `first_screen_max_ads` ads in the first
+    # `first_screen` positions, then at most 1 ad in every `ad_every` positions; never two ads
+    # adjacent, never an ad next to a product
+    first_screen: int = 5
+    first_screen_max_ads: int = 1
+    ad_every: int = 5
+    # state in Redis (key schema in ads/README.md); a day is a UTC day
+    redis_url: str = ""  # "" = the feed's redis_url
+    key_prefix: str = "ads"
+    # pacing: a minute-level throttle per campaign toward the day's target spend curve
+    pacing: bool = True
+    pacing_interval_s: int = 60
+    # experiments: a stable hash of the user picks one of `ab_buckets` ad-load policies
+    # (the `ad_every` of each bucket); a request may name its bucket
+    ab_buckets: tuple[int, ...] = (5, 8)
+    # canary: this share of users (stable hash) is served by the newest `recommend` version,
+    # the rest by the previous one; 0 is the rollback
+    canary_share: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "small"
     data: DataConfig = field(default_factory=DataConfig)
@@ -225,6 +256,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
+    ads: AdsConfig = field(default_factory=AdsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,4 +367,5 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
         pipeline=build(PipelineConfig, d["pipeline"]),
         serving=build(ServingConfig, d.get("serving", {})),
         feed=build(FeedConfig, d.get("feed", {})),
+        ads=build(AdsConfig, d.get("ads", {})),
     )
