@@ -455,6 +455,14 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
             kind=items.kind,
             log_popularity=items.log_popularity,
             n_categories=items.n_categories,
+            # ad columns (-1 / NaN on non-ad rows): the feed loads its ad inventory from here
+            # (genrec.ads.inventory.AdInventory.from_item_table)
+            advertiser=ds.item_metadata.advertiser,
+            campaign=ds.item_metadata.campaign,
+            bid_cpc=ds.item_metadata.bid_cpc,
+            daily_budget=ds.item_metadata.daily_budget,
+            frequency_cap=ds.item_metadata.frequency_cap,
+            target_categories=ds.item_metadata.target_categories,
         )
         torch.save(rq.state_dict(), d / "rqvae.pt")
         torch.save(enc.state_dict(), d / "encoder.pt")
