@@ -31,6 +31,7 @@ class Cursor:
     expires_at: int
     seen: tuple[int, ...]
     last_product: int | None = None  # session position of the last product served
+    last_ad: int | None = None  # session position of the last ad served (density across pages)
 
     @property
     def offset(self) -> int:
@@ -47,16 +48,16 @@ class CursorCodec:
     def first(self, user_id: str, session_id: str, now: float) -> Cursor:
         return Cursor(user_id, session_id, 0, int(now) + self.ttl_s, ())
 
-    def following(self, c: Cursor, served: list[int], last_product: int | None) -> Cursor | None:
+    def following(self, c: Cursor, served: list[int], last_product: int | None, last_ad: int | None = None) -> Cursor | None:
         """The cursor of the page after ``c`` once ``served`` was shown; None when the session is full."""
         seen = c.seen + tuple(int(i) for i in served)
         if len(seen) >= self.max_items or not served:
             return None
-        return Cursor(c.user_id, c.session_id, c.page + 1, c.expires_at, seen, last_product)
+        return Cursor(c.user_id, c.session_id, c.page + 1, c.expires_at, seen, last_product, last_ad)
 
     def encode(self, c: Cursor) -> str:
         payload = compact_json(
-            {"v": VERSION, "u": c.user_id, "s": c.session_id, "p": c.page, "e": c.expires_at, "seen": list(c.seen), "lp": c.last_product}
+            {"v": VERSION, "u": c.user_id, "s": c.session_id, "p": c.page, "e": c.expires_at, "seen": list(c.seen), "lp": c.last_product, "la": c.last_ad}
         )
         return self._signer.sign(zlib.compress(payload, 6))
 
@@ -75,6 +76,7 @@ class CursorCodec:
                 int(d["e"]),
                 tuple(int(i) for i in d["seen"]),
                 None if d.get("lp") is None else int(d["lp"]),
+                None if d.get("la") is None else int(d["la"]),
             )
         except CursorError:
             raise

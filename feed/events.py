@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from genrec.feed.envelope import ErrorKind, FeedError
 from genrec.feed.history import CLICK, LIKE, PURCHASE, VIEW, pack
-from genrec.feed.tokens import EventTokenError, EventTokens
+from genrec.feed.tokens import AdClaim, EventTokenError, EventTokens
 
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -56,24 +56,39 @@ class Event(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class AdClick:
+    """A click on a served ad: charged the price signed into its token, once per token."""
+
+    claim: AdClaim
+    token_digest: str
+
+
 @dataclass
 class BatchPlan:
-    """What one events batch writes, in one atomic step."""
+    """What one events batch writes, in one atomic step (the user's slot), after its ad clicks
+    were charged (each in its campaign's slot, idempotent by token)."""
 
     history: list[bytes] = field(default_factory=list)
     impressions: list[bytes] = field(default_factory=list)
     likes: list[int] = field(default_factory=list)
     negatives: list[int] = field(default_factory=list)
+    ad_clicks: list[AdClick] = field(default_factory=list)
     accepted: int = 0
+    ad_clicks_charged: int = 0  # set once the charges are done, before the batch is stored
 
     def answer(self) -> dict[str, int]:
-        return {
+        out = {
             "accepted": self.accepted,
             "history_appended": len(self.history),
             "impressions": len(self.impressions),
             "likes": len(self.likes),
             "negatives": len(self.negatives),
         }
+        if self.ad_clicks:
+            out["ad_clicks"] = len(self.ad_clicks)
+            out["ad_clicks_charged"] = self.ad_clicks_charged
+        return out
 
 
 def body_hash(user_id: str, events: list[Event]) -> str:
@@ -96,7 +111,7 @@ def plan_batch(user_id: str, events: list[Event], n_items: int, tokens: EventTok
         if not math.isfinite(e.timestamp) or e.timestamp > now + MAX_CLOCK_SKEW_S:
             raise FeedError(ErrorKind.VALIDATION, f"events[{i}].timestamp: in the future")
         try:
-            tokens.verify(e.event_token, user_id, e.item_id, now)
+            token = tokens.verify(e.event_token, user_id, e.item_id, now)
         except EventTokenError as err:
             raise FeedError(ErrorKind.INVALID_EVENT_TOKEN, f"events[{i}].event_token: {err}") from err
         device = DEVICES[e.device] if e.device else 0
@@ -109,5 +124,7 @@ def plan_batch(user_id: str, events: list[Event], n_items: int, tokens: EventTok
             plan.history.append(record)
             if e.type == "like":
                 plan.likes.append(e.item_id)
+            if e.type == "click" and token.ad is not None and all(c.token_digest != token.digest for c in plan.ad_clicks):
+                plan.ad_clicks.append(AdClick(token.ad, token.digest))
         plan.accepted += 1
     return plan
