@@ -245,6 +245,14 @@ class AdsConfig:
     # experiments: a stable hash of the user picks one of `ab_buckets` ad-load policies
     # (the `ad_every` of each bucket); a request may name its bucket
     ab_buckets: tuple[int, ...] = (5, 8)
+    # pCTR model (genrec.ad_ctr, trained by genrec-train on genrec.data.ad_impressions): impression
+    # requests per user (the first `ctr_warmup_requests` form the ads' prior-CTR log), ads per request
+    ctr_requests_per_user: int = 12
+    ctr_warmup_requests: int = 2
+    ctr_slots: int = 6
+    ctr_hidden: int = 32
+    ctr_epochs: int = 40
+    ctr_patience: int = 4
     # canary: this share of users (stable hash) is served by the newest `recommend` version,
     # the rest by the previous one; 0 is the rollback
     canary_share: float = 0.0
