@@ -45,3 +45,4 @@ class Recommendation:
     stage_counts: dict[str, int] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
     cache: str = "off"  # encoder cache outcome: "hit", "miss" or "off"
+    user_vector: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # (d,) the encoder's query vector

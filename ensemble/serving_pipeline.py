@@ -146,4 +146,5 @@ def timed_recommendation(
         "beams_pruned": pruned,
         "memory_entries": int(np.isfinite(np.asarray(enc.memory_logw)).sum()),  # the decoder attends to these
     }
-    return Recommendation(items, scores, counts, {s: (t[i + 1] - t[i]) * 1e3 for i, s in enumerate(STAGES)}, outcome)
+    stage_ms = {s: (t[i + 1] - t[i]) * 1e3 for i, s in enumerate(STAGES)}
+    return Recommendation(items, scores, counts, stage_ms, outcome, user.astype(np.float32))

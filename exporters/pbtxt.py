@@ -32,6 +32,15 @@ def _warmup(c: ModelContract) -> str:
     return f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: {batch}\n' + "\n".join(inputs) + "\n  }\n]"
 
 
+def _ensemble_scheduling(c: ModelContract) -> str:
+    steps = []
+    for st in c.steps:
+        maps = [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in st.inputs.items()]
+        maps += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in st.outputs.items()]
+        steps.append(f'    {{\n      model_name: "{st.model}"\n      model_version: -1\n' + "\n".join(maps) + "\n    }")
+    return "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}"
+
+
 def render(c: ModelContract, platform: str = "onnxruntime_onnx") -> str:
     lines = [
         f"# Generated from genrec.contracts ({c.name}) by genrec.exporters.pbtxt: do not edit by hand.",
@@ -44,6 +53,8 @@ def render(c: ModelContract, platform: str = "onnxruntime_onnx") -> str:
             lines.append(f"# {t.name}: {t.doc}")
     for name, doc in c.parameters.items():
         lines.append(f"# request parameter {name}: {doc}")
+    if c.steps:  # an ensemble: the composing models carry the instances, batching, caps and warmup
+        platform = "ensemble"
     lines += [
         f'name: "{c.name}"',
         f'backend: "{c.backend}"' if c.backend else f'platform: "{platform}"',
@@ -53,8 +64,10 @@ def render(c: ModelContract, platform: str = "onnxruntime_onnx") -> str:
         # the newest versions_kept versions are loaded, so the previous one still answers a
         # request that names it while the new one takes the unversioned traffic
         f"version_policy: {{ latest: {{ num_versions: {c.versions_kept} }} }}",
-        f"instance_group [ {{ count: {c.instances}, kind: KIND_CPU }} ]",
     ]
+    if c.steps:
+        return "\n".join([*lines, _ensemble_scheduling(c)]) + "\n"
+    lines.append(f"instance_group [ {{ count: {c.instances}, kind: KIND_CPU }} ]")
     if c.max_batch_size:
         sizes = ", ".join(str(s) for s in c.preferred_batch_sizes)
         lines.append(

@@ -29,6 +29,9 @@ DECODER_CROSS_KV = "decoder_cross_kv"
 DECODER_STEP = "decoder_step"
 RANKER = "ranker"
 RECOMMEND = "recommend"
+AD_CTR = "ad_ctr"
+FEED_CANDIDATES = "feed_candidates"
+AD_CTR_MAX_BATCH = 16  # concurrent feed requests merged into one ad_ctr call
 RECOMMEND_INSTANCES = 1  # see README "Where a user's encoder state lives" for the measured choice
 MAX_REQUESTS_PER_CALL = 64  # requests batched into one decoder call (recommend sends 1)
 
@@ -56,6 +59,16 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class EnsembleStep:
+    """One step of a Triton ensemble: ``inputs`` maps the model's input -> an ensemble tensor,
+    ``outputs`` the model's output -> an ensemble tensor."""
+
+    model: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ModelContract:
     name: str
     inputs: tuple[TensorSpec, ...]
@@ -69,6 +82,7 @@ class ModelContract:
     parameters: dict[str, str] = field(default_factory=dict)  # documented request parameters -> doc
     instances: int = 1
     versions_kept: int = 2  # the previous version keeps answering requests that name it
+    steps: tuple[EnsembleStep, ...] = ()  # set: a Triton ensemble (platform "ensemble") of these steps
 
     def __post_init__(self) -> None:
         named = {d for t in (*self.inputs, *self.outputs) for d in t.dims if isinstance(d, str)}
@@ -224,6 +238,13 @@ def recommend_contract(cfg: Config) -> ModelContract:
         outputs=(
             TensorSpec("items", "INT64", ("top_k",), "recommended item ids, best first (top_k of them)"),
             TensorSpec("scores", "FP32", ("top_k",), "ranker score of each item"),
+            # (1, d): a batch of one, so it feeds ad_ctr (dynamic batching) inside the feed_candidates ensemble
+            TensorSpec(
+                "user_vector",
+                "FP32",
+                (1, cfg.encoder.d_model),
+                "the encoder's user vector (ANN query) of this request; only when requested",
+            ),
         ),
         caps={"events": p.max_history_events, "excluded": p.max_excluded_items, "top_k": p.prerank_keep},
         backend="python",
@@ -237,6 +258,54 @@ def recommend_contract(cfg: Config) -> ModelContract:
             "excluded_items": "comma-separated item ids, added to the excluded_items input",
         },
         doc="The whole request: encoder (cached per user) -> constrained beam search -> Milvus ANN -> pre-rank -> ranker.",
+    )
+
+
+def ad_ctr_contract(cfg: Config) -> ModelContract:
+    from genrec.ad_ctr import AD_FEATURES
+
+    return ModelContract(
+        AD_CTR,
+        inputs=(
+            TensorSpec("user_vector", "FP32", (cfg.encoder.d_model,), "the request's user vector (recommend's user_vector output)"),
+            TensorSpec("ad_features", "FP32", ("ads", len(AD_FEATURES)), "one row per eligible ad, columns genrec.ad_ctr.AD_FEATURES"),
+        ),
+        outputs=(TensorSpec("pctr", "FP32", ("ads",), "calibrated click probability of each ad"),),
+        max_batch_size=AD_CTR_MAX_BATCH,
+        caps={"ads": cfg.ads.max_candidates},
+        # requests merge only when their ads counts are equal (Triton batches equal shapes); a
+        # short wait is all a feed request can spare
+        preferred_batch_sizes=(4, 8),
+        max_queue_delay_us=200,
+        doc="pCTR of a request's eligible ads for its user vector; requests are batched dynamically.",
+    )
+
+
+def feed_candidates_contract(cfg: Config) -> ModelContract:
+    """The feed's one round trip: ``recommend`` then ``ad_ctr`` on its user vector, inside Triton.
+
+    ``recommend`` is not batched and ``ad_ctr`` is: recommend emits ``user_vector`` as (1, d), which
+    ad_ctr reads as a batch of one, and the ensemble takes ``ad_features`` as (1, ads, F) and
+    returns ``pctr`` as (1, ads). Request parameters (top_k, beam_width, ...) reach recommend.
+    """
+    rec, ctr = recommend_contract(cfg), ad_ctr_contract(cfg)
+    ads = ctr.inputs[1]
+    user = next(t for t in rec.outputs if t.name == "user_vector")
+    return ModelContract(
+        FEED_CANDIDATES,
+        inputs=(*rec.inputs, TensorSpec(ads.name, ads.dtype, (1, *ads.dims), f"(1, ads, F): {ads.doc}")),
+        outputs=(
+            *(t for t in rec.outputs if t.name != user.name),
+            TensorSpec("pctr", "FP32", (1, "ads"), "(1, ads): pCTR of each row of ad_features"),
+        ),
+        caps={**rec.caps, **ctr.caps},
+        parameters=rec.parameters,
+        versions_kept=1,
+        steps=(
+            EnsembleStep(RECOMMEND, {t.name: t.name for t in rec.inputs}, {t.name: t.name for t in rec.outputs}),
+            EnsembleStep(AD_CTR, {t.name: t.name for t in ctr.inputs}, {"pctr": "pctr"}),
+        ),
+        doc="One round trip per feed: recommend (items, scores, user_vector) -> ad_ctr(user_vector, ad_features) -> pctr.",
     )
 
 

@@ -42,6 +42,8 @@ def test_serving_pipeline_on_onnx_matches_the_reference_in_process(serving, tiny
         _, gi, wi = np.intersect1d(got.items, want.items, return_indices=True)
         np.testing.assert_allclose(got.scores[gi], want.scores[wi], atol=1e-3, err_msg=f"user {i}: scores of shared items differ")
         assert got.stage_counts["candidates"] == want.stage_counts["candidates"], f"user {i}: candidate counts differ"
+        # the encoder graph's own parity bound (genrec.exporters.onnx_export.TOLERANCE)
+        np.testing.assert_allclose(got.user_vector, want.user_vector, atol=1e-3, err_msg=f"user {i}: user vectors differ")
     assert same / len(reqs) >= 0.99, f"only {same}/{len(reqs)} users get the reference's top 10 in process"
 
 

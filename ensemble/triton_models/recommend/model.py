@@ -84,9 +84,11 @@ class TritonPythonModel:
             return self._internal(request, e)
         cache = self.pipeline.encoder_cache
         self.metrics.record(rec, None if cache is None else cache.stats)
-        return pb_utils.InferenceResponse(
-            [pb_utils.Tensor("items", rec.items.astype(np.int64)), pb_utils.Tensor("scores", rec.scores.astype(np.float32))]
-        )
+        outputs = [pb_utils.Tensor("items", rec.items.astype(np.int64)), pb_utils.Tensor("scores", rec.scores.astype(np.float32))]
+        wanted = request.requested_output_names()  # empty: every output (KServe)
+        if not wanted or "user_vector" in wanted:  # the feed_candidates ensemble passes it on to ad_ctr
+            outputs.append(pb_utils.Tensor("user_vector", rec.user_vector.reshape(1, -1).astype(np.float32)))
+        return pb_utils.InferenceResponse(outputs)
 
     def _internal(self, request, e: Exception):
         self.metrics.rejected("internal")
