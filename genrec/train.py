@@ -1,5 +1,5 @@
 """Train everything from data to checkpoints: semantic IDs, UGT encoder + MoE decoder, the
-SASRec baseline, the pre-rank weight and the LightGBM ranker.
+SASRec baseline, the pre-rank weight, the LightGBM ranker and the ads' pCTR network.
 
     genrec-train --config tiny                 # ~1 minute on 2 cores
     genrec-train --config small                # the default demo
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genrec import ad_ctr
 from genrec.artifacts import DEFAULT_ROOT, machine, new_run, now_iso, versions, write_json
 from genrec.batching import chunk_by_tokens, event_tokens
 from genrec.bundle import ModelBundle, build_models, sasrec_for
@@ -441,6 +442,11 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
     cascade_report = fit_cascade(bundle, ds, split, cfg, exclude_seen)
     timed("ranker", t0)
 
+    t0 = time.perf_counter()
+    log("[ad ctr] pCTR network on synthetic ad impressions (genrec.ad_ctr)")
+    ad_model = ad_ctr.fit_for_run(bundle, ds, split, cfg, log)
+    timed("ad_ctr", t0)
+
     timings["total"] = round(time.perf_counter() - t_all, 2)
     manifest["train_seconds"] = timings
     with new_run(cfg.name, root) as run:
@@ -472,6 +478,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
         assert bundle.ranker is not None
         bundle.ranker.save_model(str(d / "ranker.txt"))
         write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
+        ad_report = ad_ctr.save(ad_model, d) if ad_model is not None else None  # ad_ctr.{pt,npz,json,onnx}
         write_json(
             d / "metrics.json",
             {
@@ -479,6 +486,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
                 "train": {**gen_losses, "sasrec_loss": sasrec_loss},
                 "early_stopping": {"generative": gen_stopping, "sasrec": sasrec_stopping},
                 "cascade_fit": {**cascade_report, "exclude_seen": exclude_seen},
+                "ad_ctr": ad_report,
             },
         )
         write_json(d / "manifest.json", manifest)
