@@ -296,6 +296,33 @@ def baseline_ctr(imp: AdImpressions, rows: np.ndarray, n_items: int, phases: tup
     return (clicks[imp.ad[rows]] + CTR_PRIOR * overall) / (shown[imp.ad[rows]] + CTR_PRIOR)
 
 
+def held_out_scores(model_p: np.ndarray, imp: AdImpressions, rows: np.ndarray, n_items: int, others: dict | None = None) -> dict[str, dict]:
+    """Scores on ``rows`` (held-out impressions) of the model's predictions ``model_p``, of any
+    ``others`` predictions, of the baseline (the ad's smoothed training CTR) and of the truth (the
+    ceiling: its AUC is the best any model can reach, its ECE is the sampling noise)."""
+    y, p_true = imp.click[rows], imp.p_true[rows]
+    out = {"model": scores(model_p, y, p_true)}
+    out.update({k: scores(v, y, p_true) for k, v in (others or {}).items()})
+    out["baseline_ad_ctr"] = scores(baseline_ctr(imp, rows, n_items), y, p_true)
+    out["truth"] = scores(p_true, y, p_true)
+    return out
+
+
+def reliability(p: np.ndarray, label: np.ndarray, p_true: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per equal-mass bin of the prediction: its mean, the observed click rate, the truth's mean."""
+    order = np.argsort(p, kind="stable")
+    return [
+        {
+            "impressions": int(b.size),
+            "mean_prediction": round(float(p[b].mean()), 6),
+            "click_rate": round(float(label[b].mean()), 6),
+            "mean_true_p": round(float(p_true[b].mean()), 6),
+        }
+        for b in np.array_split(order, bins)
+        if b.size
+    ]
+
+
 # ---- training --------------------------------------------------------------------------------
 
 
@@ -385,7 +412,6 @@ def train_ad_ctr(
 
     test = rows[Phase.TEST]
     test_logit = _logits_of(net, u_rows[Phase.TEST], x_rows[Phase.TEST])
-    y, p_true = imp.click[test], imp.p_true[test]
     model_p = 1 / (1 + np.exp(-(scale * test_logit + bias)))
     report = {
         "features": list(AD_FEATURES),
@@ -393,18 +419,22 @@ def train_ad_ctr(
         "hidden": hidden,
         "truth": asdict(imp.truth),
         "impressions": {ph.name.lower(): {"impressions": int(r.size), "clicks": int(imp.click[r].sum())} for ph, r in rows.items()},
-        "test": {
-            "model": scores(model_p, y, p_true),
-            "model_uncalibrated": scores(1 / (1 + np.exp(-test_logit)), y, p_true),
-            "baseline_ad_ctr": scores(baseline_ctr(imp, test, table.category.size), y, p_true),
-            "truth": scores(p_true, y, p_true),
-        },
+        "test": held_out_scores(model_p, imp, test, table.category.size, {"model_uncalibrated": 1 / (1 + np.exp(-test_logit))}),
         "calibration": {"method": "platt on validation users", "scale": round(scale, 6), "bias": round(bias, 6)},
         "early_stopping": {"best_epoch": best_epoch, "epochs_run": len(history), "patience": patience, "validation": history},
         "ece_bins": ECE_BINS,
         "serving_position": 0,
     }
     return AdCtrModel(net, table, report)
+
+
+def run_impressions(ds: Dataset, split: Split, cfg: Config) -> AdImpressions:
+    """The impressions a run trains on (``cfg.ads.ctr_*``, ``cfg.train.seed``): the bench
+    regenerates the same ones."""
+    ac = cfg.ads
+    return generate_impressions(
+        ds, split, cfg.train.seed, ac.ctr_requests_per_user, ac.ctr_warmup_requests, ac.ctr_slots, cfg.pipeline.max_history_events
+    )
 
 
 def fit_for_run(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, log: Callable[[str], None] = print) -> AdCtrModel | None:
@@ -415,9 +445,7 @@ def fit_for_run(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, log
     if n_ads < max(ac.ctr_slots, 10):
         log(f"  {n_ads} ads in the catalogue: no pCTR model")
         return None
-    imp = generate_impressions(
-        ds, split, cfg.train.seed, ac.ctr_requests_per_user, ac.ctr_warmup_requests, ac.ctr_slots, cfg.pipeline.max_history_events
-    )
+    imp = run_impressions(ds, split, cfg)
     log(f"  {len(imp)} impressions of {n_ads} ads over {imp.request_user.size} requests, CTR {imp.click.mean():.4f}")
     t0 = time.perf_counter()
     users = request_user_vectors(bundle, ds, imp)
