@@ -17,7 +17,14 @@ import onnxruntime as ort
 import torch
 
 from genrec.bundle import ModelBundle
-from genrec.contracts import ModelContract, decoder_cross_kv_contract, decoder_step_contract, encoder_contract, ranker_contract
+from genrec.contracts import (
+    ModelContract,
+    ad_ctr_contract,
+    decoder_cross_kv_contract,
+    decoder_step_contract,
+    encoder_contract,
+    ranker_contract,
+)
 from genrec.data.schema import History
 from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
 from genrec.models.ugt_encoder import event_tokens
@@ -86,7 +93,11 @@ def _export(graph: torch.nn.Module, args: tuple, c: ModelContract, path: Path) -
 
 
 def _compare(
-    name: str, cases: list[dict[str, np.ndarray]], reference: Callable[[dict], list[np.ndarray]], sess: ort.InferenceSession
+    name: str,
+    cases: list[dict[str, np.ndarray]],
+    reference: Callable[[dict], list[np.ndarray]],
+    sess: ort.InferenceSession,
+    tolerance: float | None = None,
 ) -> Parity:
     abs_err = rel_err = 0.0
     for feeds in cases:
@@ -98,7 +109,7 @@ def _compare(
             diff = np.abs(w.astype(np.float64) - g.astype(np.float64))
             abs_err = max(abs_err, float(diff.max()))
             rel_err = max(rel_err, float((diff / np.maximum(np.abs(w), 1e-3)).max()))
-    return Parity(name, abs_err, rel_err, len(cases), TOLERANCE[name])
+    return Parity(name, abs_err, rel_err, len(cases), TOLERANCE[name] if tolerance is None else tolerance)
 
 
 # ---- encoder ---------------------------------------------------------------------------------
@@ -252,3 +263,36 @@ def p50_ms(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], runs: int =
         sess.run(None, feeds)
         times.append((time.perf_counter() - t) * 1e3)
     return float(np.median(times))
+
+
+# ---- pCTR ------------------------------------------------------------------------------------
+def export_ad_ctr(b: ModelBundle, path: Path, user_vectors: np.ndarray, histories: list[History], seed: int = 3) -> Parity:
+    """The run's ``ad_ctr`` graph, checked against the PyTorch network on real user vectors with
+    real ad rows (``ad_feature_rows`` of real histories, as the feed builds them), at batch and
+    ads counts from 1 to the caps, and on random rows."""
+    from genrec.ad_ctr import N_FEATURES, ONNX_TOLERANCE, ad_feature_rows, export_onnx, load
+
+    model = load(b.path)
+    c = ad_ctr_contract(b.cfg)
+    if model.d_user != b.cfg.encoder.d_model:
+        raise ValueError(f"ad_ctr: trained on user vectors of {model.d_user} dims, the encoder gives {b.cfg.encoder.d_model}")
+    export_onnx(model, path)
+    rng = np.random.default_rng(seed)
+    ads = np.flatnonzero(~np.isnan(model.table.quality_proxy))  # the catalogue's ads
+    users = np.asarray(user_vectors, np.float32)
+    cases = []
+    for batch, n_ads in ((1, 1), (1, 7), (len(users), 33), (min(len(users), c.max_batch_size), c.caps["ads"])):
+        picks = [rng.choice(ads, n_ads) for _ in range(batch)]
+        rows = [ad_feature_rows(histories[i % len(histories)].item, p, model.table) for i, p in enumerate(picks)]
+        cases.append({"user_vector": users[np.arange(batch) % len(users)], "ad_features": np.stack(rows).astype(np.float32)})
+    cases.append(
+        {
+            "user_vector": rng.normal(size=(4, model.d_user)).astype(np.float32),
+            "ad_features": rng.normal(size=(4, 20, N_FEATURES)).astype(np.float32),
+        }
+    )
+
+    def ref(feeds):
+        return [model.predict(feeds["user_vector"], feeds["ad_features"])]
+
+    return _compare(c.name, cases, ref, session(path), ONNX_TOLERANCE)

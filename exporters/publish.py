@@ -11,6 +11,10 @@ contract), given a manifest (source run, hashes, parity, time) and renamed into 
 version number. With a server, the model is then loaded through the repository API; if that
 fails, the new version is retired again and the previous one keeps serving. Rollback retires
 the newest version (moved to ``.<repo>.retired/``, never deleted) and reloads.
+
+A run with a pCTR model (``ad_ctr.json``) also publishes ``ad_ctr`` (same gates, before
+``recommend``) and, after ``recommend``, the ``feed_candidates`` ensemble: a config only, generated
+from the contracts, with the empty version folder ``1/`` Triton requires.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from genrec.artifacts import now_iso, versions, write_json
-from genrec.contracts import ModelContract, all_contracts
+from genrec.contracts import AD_CTR, ModelContract, all_contracts
 from genrec.exporters.pbtxt import render
 
 
@@ -176,6 +180,17 @@ def publish_recommend(repository: Path, bundle, pinned: dict[str, int], manifest
     return install_version(repository, c.name, staging, triton_url)
 
 
+def publish_ensemble(repository: Path, c: ModelContract, triton_url: str | None = None) -> Published:
+    """An ensemble (``c.steps``) has no files of its own: its generated config and the empty version
+    folder ``1/`` Triton requires; loaded (after its composing models) if a server is given."""
+    model_dir = Path(repository) / c.name
+    check_config(model_dir, c)
+    (model_dir / "1").mkdir(exist_ok=True)
+    if triton_url:
+        load(triton_url, c.name)
+    return Published(c.name, 1, model_dir / "1")
+
+
 def retire(repository: Path, model: str, version: int) -> Path:
     dst = _side_dir(repository, "retired") / model / f"{version}-{time.strftime('%Y%m%dT%H%M%S')}"
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +255,19 @@ def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path
     progress("[export] ranker")
     _, traces = pipe.traces(reqs[:2])
     results["ranker"] = (out_dir / "ranker.onnx", export_ranker(b, out_dir / "ranker.onnx", traces[0].features).as_dict())
+    if has_ad_ctr(run):
+        from genrec.exporters.onnx_export import export_ad_ctr
+
+        progress("[export] ad_ctr")
+        users = torch.cat([e2.user, e1.user]).numpy()
+        parity = export_ad_ctr(b, out_dir / "ad_ctr.onnx", users, [r.history for r in reqs[:3]])
+        results[AD_CTR] = (out_dir / "ad_ctr.onnx", parity.as_dict())
     return results
+
+
+def has_ad_ctr(run: Path) -> bool:
+    """The run trained a pCTR model (genrec.ad_ctr.save)."""
+    return (Path(run) / "ad_ctr.json").exists()
 
 
 def source_hashes(run: Path) -> dict[str, str]:
@@ -298,10 +325,12 @@ def publish_run(
     staging = _side_dir(Path(repository), "staging") / f"export-{os.getpid()}"
     try:
         exported = export_run(run, staging, progress)
+        ad_ctr = exported.pop(AD_CTR, None)  # not a graph recommend pins: published on its own below
         if int8:
             progress("[export] int8 dynamic quantisation of " + ", ".join(INT8_MODELS))
             exported = quantize_exported(cfg, exported, staging)
-        failed = [f"{m} ({p['max_abs_err']:.3g} > {p['tolerance']})" for m, (_, p) in exported.items() if not p["ok"]]
+        checked = {**exported, **({AD_CTR: ad_ctr} if ad_ctr else {})}
+        failed = [f"{m} ({p['max_abs_err']:.3g} > {p['tolerance']})" for m, (_, p) in checked.items() if not p["ok"]]
         if failed:
             raise PublishError("parity over tolerance, nothing published: " + ", ".join(failed))
         if results is not None:
@@ -314,36 +343,44 @@ def publish_run(
             write_summary(summary, results)
             progress(f"[summary] wrote {results}")
         hashes = source_hashes(run)
+
+        def manifest(parity: dict) -> dict:
+            return {"source_run": str(run), "source_config": cfg.name, "source_hashes": hashes, "parity": parity, "versions": versions()}
+
         out = []
         for name, (path, parity) in exported.items():
-            manifest = {
-                "source_run": str(run),
-                "source_config": cfg.name,
-                "source_hashes": hashes,
-                "parity": parity,
-                "versions": versions(),
-            }
-            out.append(publish_file(Path(repository), contracts[name], path, manifest, triton_url))
+            out.append(publish_file(Path(repository), contracts[name], path, manifest(parity), triton_url))
             progress(f"[publish] {name} -> version {out[-1].version} (max abs err {parity['max_abs_err']:.2e})")
         # last: the new recommend version switches traffic to the new graphs and catalogue together
         pinned = {p.model: p.version for p in out}
+        if ad_ctr:  # before recommend: a refused pCTR model leaves the whole run unserved
+            from genrec.contracts import ad_ctr_contract
+
+            path, parity = ad_ctr
+            out.append(publish_file(Path(repository), ad_ctr_contract(cfg), path, manifest(parity), triton_url))
+            progress(f"[publish] ad_ctr -> version {out[-1].version} (max abs err {parity['max_abs_err']:.2e})")
         out.append(
             publish_recommend(
                 Path(repository), bundle, pinned, {"source_run": str(run), "source_config": cfg.name, "versions": versions()}, triton_url
             )
         )
         progress(f"[publish] recommend -> version {out[-1].version} (pins {pinned})")
+        if ad_ctr:
+            from genrec.contracts import feed_candidates_contract
+
+            out.append(publish_ensemble(Path(repository), feed_candidates_contract(cfg), triton_url))
+            progress("[publish] feed_candidates (ensemble: recommend -> ad_ctr)")
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_configs(repository: Path, config_name: str) -> None:
-    from genrec.contracts import recommend_contract
+    from genrec.contracts import ad_ctr_contract, feed_candidates_contract, recommend_contract
     from genrec.settings import named_config
 
     cfg = named_config(config_name)
-    for c in [*all_contracts(cfg), recommend_contract(cfg)]:
+    for c in [*all_contracts(cfg), recommend_contract(cfg), ad_ctr_contract(cfg), feed_candidates_contract(cfg)]:
         (Path(repository) / c.name).mkdir(parents=True, exist_ok=True)
         (Path(repository) / c.name / "config.pbtxt").write_text(render(c))
 
