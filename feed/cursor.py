@@ -57,7 +57,16 @@ class CursorCodec:
 
     def encode(self, c: Cursor) -> str:
         payload = compact_json(
-            {"v": VERSION, "u": c.user_id, "s": c.session_id, "p": c.page, "e": c.expires_at, "seen": list(c.seen), "lp": c.last_product, "la": c.last_ad}
+            {
+                "v": VERSION,
+                "u": c.user_id,
+                "s": c.session_id,
+                "p": c.page,
+                "e": c.expires_at,
+                "seen": list(c.seen),
+                "lp": c.last_product,
+                "la": c.last_ad,
+            }
         )
         return self._signer.sign(zlib.compress(payload, 6))
 

@@ -62,6 +62,7 @@ class AdClick:
 
     claim: AdClaim
     token_digest: str
+    issued_at: int  # when the ad was served: its UTC day holds the charge (and its idempotency set)
 
 
 @dataclass
@@ -125,6 +126,6 @@ def plan_batch(user_id: str, events: list[Event], n_items: int, tokens: EventTok
             if e.type == "like":
                 plan.likes.append(e.item_id)
             if e.type == "click" and token.ad is not None and all(c.token_digest != token.digest for c in plan.ad_clicks):
-                plan.ad_clicks.append(AdClick(token.ad, token.digest))
+                plan.ad_clicks.append(AdClick(token.ad, token.digest, token.issued_at))
         plan.accepted += 1
     return plan

@@ -10,17 +10,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from genrec.ads.pacing import utc_day
+from genrec.ads.placement import last_ad_position
+from genrec.ads.serving import AdCandidates, AdOutcome, AdServer
+from genrec.ads.state import AdState, Click
 from genrec.data.schema import ItemKind
 from genrec.feed import metrics
 from genrec.feed.blend import Placed, blend, last_product_position, reason_for
+from genrec.feed.canary import VersionRouter
 from genrec.feed.catalogue import FeedCatalogue
 from genrec.feed.cursor import Cursor, CursorCodec, CursorError
 from genrec.feed.envelope import ErrorKind, FeedError
-from genrec.feed.events import DEVICES, BatchPlan, Event, body_hash, plan_batch
+from genrec.feed.events import DEVICES, AdClick, BatchPlan, Event, body_hash, plan_batch
 from genrec.feed.history import History
 from genrec.feed.logs import log_event, request_id_var
 from genrec.feed.ports import FeedStore, Recommender, RecommendFailed, StoreUnavailable, UserState
-from genrec.feed.tokens import EventTokens
+from genrec.feed.tokens import AdClaim, EventTokens
 from genrec.settings import FeedConfig
 
 log = logging.getLogger("genrec.feed")
@@ -42,9 +47,19 @@ class FeedApp:
     triton: Recommender
     cursors: CursorCodec
     tokens: EventTokens
+    ads: AdServer | None = None  # None: ads off (GENREC_ADS__ENABLED=false)
+    ad_state: AdState | None = None  # click charges (the same Redis state the AdServer reads)
+    versions: VersionRouter | None = None  # the canary split of recommend versions
+    ads_ensemble: bool = True  # score the ads inside Triton's feed_candidates ensemble (one round trip)
 
-    async def feed(self, user_id: str, count: int, cursor_token: str | None, device: str) -> FeedAnswer:
+    async def feed(self, user_id: str, count: int, cursor_token: str | None, device: str, ab_bucket: str | None = None) -> FeedAnswer:
         now = time.time()
+        bucket, ad_every = 0, 0
+        if self.ads is not None:
+            try:
+                bucket, ad_every = self.ads.bucket(user_id, ab_bucket)
+            except ValueError as e:
+                raise FeedError(ErrorKind.VALIDATION, str(e)) from e
         if cursor_token:
             try:
                 cursor = self.cursors.decode(cursor_token, user_id, now)
@@ -62,24 +77,51 @@ class FeedApp:
         negatives = state.negatives if state else []
         excluded = list(dict.fromkeys(list(cursor.seen) + negatives))
         ctx_device = DEVICES.get(device, 0)
+        version = await self.versions.version_for(user_id) if self.versions is not None else ""
+        ads = await self._ad_candidates(user_id, history.items if state else None, bucket, ad_every, now, excluded, degraded)
         fallback: str | None = None
         timing: dict[str, str] = {}
+        pctr = None
+        segment, asked = (state.segment if state else 0), excluded[: self.max_excluded]
         try:
-            candidates, seconds = await self.triton.recommend(
-                user_id, history, state.segment if state else 0, ctx_device, excluded[: self.max_excluded], self.cfg.candidates
-            )
-            metrics.TRITON.labels(outcome="ok").observe(seconds)
+            if ads is not None and ads.rows.size:
+                candidates, pctr, seconds = await self.triton.recommend_with_ads(
+                    user_id, history, segment, ctx_device, asked, self.cfg.candidates, ads.features, version, self.ads_ensemble
+                )
+            else:
+                candidates, seconds = await self.triton.recommend(
+                    user_id, history, segment, ctx_device, asked, self.cfg.candidates, version
+                )
+            metrics.TRITON.labels(outcome="ok", version=version or "newest").observe(seconds)
             timing = {"x-triton-ms": f"{seconds * 1e3:.2f}"}  # lets callers and bench.feed_latency split the time
         except RecommendFailed as e:
-            metrics.TRITON.labels(outcome=e.reason).observe(e.seconds)
+            metrics.TRITON.labels(outcome=e.reason, version=version or "newest").observe(e.seconds)
             fallback = f"triton_{e.reason}"
             metrics.FALLBACKS.labels(reason=fallback).inc()
             log_event(log, logging.WARNING, "recommend failed; serving the fallback feed", reason=e.reason, detail=str(e)[:300])
             pop = self.catalogue.organic_popular[: self.cfg.candidates + len(excluded)]
             candidates = [(int(i), float(self.catalogue.log_popularity[i])) for i in pop]
-        page = blend(candidates, self.catalogue.kind, excluded, count, self.cfg.product_every, cursor.offset, cursor.last_product)
+        spare = count // 2 + 2  # organic items an ad can push off the page, or a refused ad's stand-ins
+        organic = blend(
+            candidates, self.catalogue.kind, excluded, count + spare, self.cfg.product_every, cursor.offset, cursor.last_product
+        )
+        page, outcome = organic[:count], AdOutcome("off" if self.ads is None else "no_candidates")
+        if ads is None and self.ads is not None and "ads_unavailable" in degraded:
+            outcome = AdOutcome("unavailable")
+        elif ads is not None and self.ads is not None:
+            outcome = AdOutcome("no_candidates" if ads.rows.size == 0 else "unavailable")
+            if pctr is not None:
+                trace = request_id_var.get()
+                page, outcome = await self.ads.fill(
+                    user_id, organic, ads, pctr, count, cursor.offset, cursor.last_ad, cursor.last_product, trace, now
+                )
+            if outcome.status == "unavailable" and "ads_unavailable" not in degraded:
+                degraded.append("ads_unavailable")
+        self._ad_metrics(ads, outcome)
         mode = "fallback" if fallback else ("cold_start" if len(history) == 0 else "personal")
-        data = self._page_data(user_id, cursor, page, history, mode, fallback, degraded, now)
+        data = self._page_data(user_id, cursor, page, history, mode, fallback, degraded, now, outcome, bucket)
+        if self.versions is not None:
+            data["model_version"] = version or "newest"
         for p in page:
             metrics.ITEMS.labels(type=p.type).inc()
         if cursor.page > 0 and state is not None:
@@ -101,22 +143,37 @@ class FeedApp:
         fallback: str | None,
         degraded: list[str],
         now: float,
+        ads: AdOutcome | None = None,
+        bucket: int = 0,
     ) -> dict[str, Any]:
         trace_id = request_id_var.get()
         cats = {int(c) for c in self.catalogue.category[history.items[-50:]]} if len(history) else set()
-        items = [
-            {
+        wins = ads.wins if ads is not None else {}
+        items = []
+        for p in page:
+            win = wins.get(p.item_id) if p.type == "ad" else None
+            claim = AdClaim(win.campaign, win.price, bucket) if win is not None else None
+            item: dict[str, Any] = {
                 "type": p.type,
                 "id": p.item_id,
                 "score": round(p.score, 6),
                 "position": p.position,
-                "reason": reason_for(p.item_id, self.catalogue.kind, self.catalogue.category, cats, mode),
+                "reason": p.reason if win is not None else reason_for(p.item_id, self.catalogue.kind, self.catalogue.category, cats, mode),
                 "display": self.catalogue.display(p.item_id),
-                "tracking": {"event_token": self.tokens.issue(user_id, p.item_id, trace_id, now), "trace_id": trace_id},
+                "tracking": {"event_token": self.tokens.issue(user_id, p.item_id, trace_id, now, claim), "trace_id": trace_id},
             }
-            for p in page
-        ]
-        nxt = self.cursors.following(cursor, [p.item_id for p in page], last_product_position(page, cursor.last_product))
+            if win is not None:
+                item["ad"] = {
+                    "campaign": win.campaign,
+                    "bid_cpc": round(win.bid, 4),
+                    "pctr": round(win.pctr, 6),
+                    "ecpm": round(win.ecpm * 1000, 4),
+                    "price_cpc": round(win.price, 4),
+                }
+            items.append(item)
+        nxt = self.cursors.following(
+            cursor, [p.item_id for p in page], last_product_position(page, cursor.last_product), last_ad_position(page, cursor.last_ad)
+        )
         return {
             "items": items,
             "next_cursor": self.cursors.encode(nxt) if nxt else None,
@@ -126,7 +183,43 @@ class FeedApp:
             "fallback_reason": fallback,
             "cold_start": len(history) == 0,
             "degraded": degraded,
+            "ab_bucket": bucket,
         }
+
+    async def _ad_candidates(
+        self, user_id: str, history_items: Any, bucket: int, ad_every: int, now: float, excluded: list[int], degraded: list[str]
+    ) -> AdCandidates | None:
+        """The ads this request may auction; None when ads are off or there is nothing to auction,
+        and fail closed (``ads_unavailable``) when the history or the ad state cannot be read."""
+        if self.ads is None:
+            return None
+        try:
+            if history_items is None:
+                raise StoreUnavailable("the user's history could not be read")
+            return await self.ads.prepare(user_id, history_items, bucket, ad_every, now, excluded)
+        except StoreUnavailable as e:
+            self._redis_error("ad_snapshot", e)
+            degraded.append("ads_unavailable")
+            return None
+
+    def _ad_metrics(self, ads: AdCandidates | None, outcome: AdOutcome) -> None:
+        if self.ads is None:
+            return
+        metrics.AD_AUCTIONS.labels(outcome=outcome.status).inc()
+        if ads is None:
+            return
+        metrics.AD_ELIGIBLE.observe(outcome.eligible if outcome.status != "no_candidates" else 0)
+        for reason, n in ads.refused.items():
+            if n:
+                metrics.AD_REFUSALS.labels(reason=reason).inc(n)
+        if outcome.cap_races:
+            metrics.AD_REFUSALS.labels(reason="cap_race").inc(outcome.cap_races)
+        for r in ads.pacing_ratios:
+            metrics.AD_PACING_RATIO.observe(r)
+        metrics.AD_SLOTS.inc(outcome.slots)
+        for w in outcome.wins.values():
+            metrics.ADS_SERVED.labels(bucket=str(ads.bucket)).inc()
+            metrics.AD_ECPM.observe(w.ecpm * 1000)
 
     async def _user_state(self, user_id: str, degraded: list[str]) -> UserState | None:
         try:
@@ -155,7 +248,9 @@ class FeedApp:
             if recorded is not None:
                 result = recorded
             else:
-                result = await self.store.apply_batch(user_id, idempotency_key, digest, self._plan(user_id, events, now), now)
+                plan = self._plan(user_id, events, now)
+                await self._charge(plan, now)  # first: a click is acknowledged only once it is charged
+                result = await self.store.apply_batch(user_id, idempotency_key, digest, plan, now)
         except StoreUnavailable as e:
             self._redis_error("apply_batch", e)
             metrics.EVENTS.labels(outcome="unavailable").inc()
@@ -171,6 +266,30 @@ class FeedApp:
         replay = result.status == "replay"
         metrics.EVENTS.labels(outcome="replayed" if replay else "accepted").inc()
         return FeedAnswer(result.answer or {}, {"idempotent-replayed": "true"} if replay else {})
+
+    async def _charge(self, plan: BatchPlan, now: float) -> None:
+        """Charge the batch's ad clicks (each once per event token, in its campaign's slot) and
+        note how many are charged. Raises StoreUnavailable: nothing of the batch is then
+        acknowledged, and a retry cannot charge twice."""
+        if not plan.ad_clicks or self.ads is None or self.ad_state is None:
+            return
+        by_day: dict[str, list[tuple[AdClick, Click]]] = {}
+        for c in plan.ad_clicks:
+            try:
+                budget = self.ads.inventory.campaign_budget(c.claim.campaign)
+            except KeyError:  # a campaign no longer in the catalogue: nothing to charge
+                continue
+            by_day.setdefault(utc_day(c.issued_at), []).append((c, Click(c.claim.campaign, c.token_digest, c.claim.price, budget)))
+        charged = 0
+        for day, clicks in by_day.items():
+            outcomes = await self.ad_state.charge_clicks([k for _, k in clicks], day, now)
+            for (c, _), outcome in zip(clicks, outcomes):
+                metrics.AD_CLICKS.labels(outcome=outcome).inc()
+                if outcome == "charged":
+                    metrics.AD_REVENUE.inc(c.claim.price)
+                    metrics.AD_CPC.observe(c.claim.price)
+                charged += outcome in ("charged", "duplicate")  # a duplicate was charged by an earlier try
+        plan.ad_clicks_charged = charged
 
     def _plan(self, user_id: str, events: list[Event], now: float) -> BatchPlan:
         try:

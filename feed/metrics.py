@@ -43,8 +43,8 @@ LATENCY = bentoml.metrics.Histogram(
 )
 TRITON = bentoml.metrics.Histogram(
     name="feed_triton_request_duration_seconds",
-    documentation="recommend calls to Triton by outcome",
-    labelnames=["outcome"],
+    documentation="recommend calls to Triton by outcome and recommend version (newest, or the previous one's number during a canary)",
+    labelnames=["outcome", "version"],
     buckets=LATENCY_BUCKETS,
 )
 ITEMS = bentoml.metrics.Counter(name="feed_items_served_total", documentation="Feed items served by type", labelnames=["type"])
@@ -65,3 +65,49 @@ def bounded_exposition(text: str) -> str:
                 continue
         keep.append(line)
     return "\n".join(keep) + "\n"
+
+
+# Ads. Labels are bounded: outcomes from fixed sets, the bucket is one of AdsConfig.ab_buckets'
+# indices, the model version one of the two served; never a campaign, user or item id.
+AD_AUCTIONS = bentoml.metrics.Counter(
+    name="feed_ad_auctions_total",
+    documentation="Ad auctions by outcome: filled (an ad placed), empty (no ad won or fit), no_candidates, unavailable (Redis or pCTR failed: no ads, fail closed)",
+    labelnames=["outcome"],
+)
+AD_ELIGIBLE = bentoml.metrics.Histogram(
+    name="feed_ad_eligible_ads",
+    documentation="Eligible ads per auction (after targeting, caps, budgets and pacing)",
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+AD_SLOTS = bentoml.metrics.Counter(name="feed_ad_slots_total", documentation="Ad positions the density rules allowed on served pages")
+ADS_SERVED = bentoml.metrics.Counter(
+    name="feed_ads_served_total", documentation="Ads placed on served pages, by experiment bucket", labelnames=["bucket"]
+)
+AD_ECPM = bentoml.metrics.Histogram(
+    name="feed_ad_ecpm",
+    documentation="eCPM of each served ad (pCTR x bid x 1000, currency units per thousand impressions)",
+    buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+AD_CLICKS = bentoml.metrics.Counter(
+    name="feed_ad_clicks_total",
+    documentation="Ad clicks by outcome: charged, duplicate (token already charged), exhausted (budget spent: not charged)",
+    labelnames=["outcome"],
+)
+AD_REVENUE = bentoml.metrics.Counter(
+    name="feed_ad_revenue_total", documentation="Charged click prices (advertisers' spend = the feed's revenue), currency units"
+)
+AD_CPC = bentoml.metrics.Histogram(
+    name="feed_ad_cpc",
+    documentation="GSP price of each charged click, currency units (average CPC = sum / count)",
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+AD_PACING_RATIO = bentoml.metrics.Histogram(
+    name="feed_ad_pacing_ratio",
+    documentation="Actual / target spend of each candidate campaign at auction time (1 = on pace)",
+    buckets=(0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.2, 1.5, 2, 4),
+)
+AD_REFUSALS = bentoml.metrics.Counter(
+    name="feed_ad_refusals_total",
+    documentation="Candidate ads left out, by reason: frequency_cap, budget, pacing, cap_race (refused by the atomic serve record)",
+    labelnames=["reason"],
+)

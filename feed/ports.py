@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from genrec.feed.events import BatchPlan
 from genrec.feed.history import History
 
@@ -55,5 +57,18 @@ class Recommender(Protocol):
     async def ready(self) -> bool: ...
 
     async def recommend(
-        self, user_id: str, h: History, segment: int, device: int, excluded: list[int], top_k: int
+        self, user_id: str, h: History, segment: int, device: int, excluded: list[int], top_k: int, version: str = ""
     ) -> tuple[list[tuple[int, float]], float]: ...
+
+    async def recommend_with_ads(
+        self,
+        user_id: str,
+        h: History,
+        segment: int,
+        device: int,
+        excluded: list[int],
+        top_k: int,
+        ad_features: np.ndarray,
+        version: str = "",
+        ensemble: bool = True,
+    ) -> tuple[list[tuple[int, float]], np.ndarray | None, float]: ...

@@ -180,6 +180,16 @@ class ServingConfig:
     milvus_token: str = ""  # for a Milvus server that needs one (GENREC_SERVING__MILVUS_TOKEN)
     milvus_collection: str = "genrec_items"
     state_dir: str = ""  # "" = a fresh temporary directory
+    # faults (runtime/README.md "Operations: faults"): recommend's bounded queue (config.pbtxt,
+    # written at publish) refuses with UNAVAILABLE instead of letting requests pile up
+    max_queue_size: int = 64  # requests waiting beyond this are refused at once
+    queue_timeout_ms: int = 1_000  # a request still queued after this is refused (a request's own `timeout` overrides it)
+    # genrec-triton's watchdog: a canary on recommend and the stub processes, checked every interval
+    watchdog: bool = True
+    watchdog_interval_s: float = 1.0
+    watchdog_canary_timeout_s: float = 2.0
+    watchdog_failures: int = 3  # failed canaries in a row (no progress) before unload + load
+    exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs; what is left after it is killed
 
     def __post_init__(self) -> None:
         for name, cls in (("execution", Execution), ("state_store", StateStore), ("ann", AnnBackend)):
@@ -211,6 +221,10 @@ class FeedConfig:
     signing_key: str = "genrec-dev-signing-key"  # the dev default logs a warning; set it in production
     max_concurrency: int = 32  # BentoML traffic limit: beyond it, 429
     request_timeout_s: float = 5.0  # BentoML traffic limit: beyond it, 504
+    # canary: this share of users (a stable hash) is served by the newest ready `recommend`
+    # version, the rest by the one before it (Triton keeps two loaded); 0 is the rollback
+    canary_share: float = 1.0
+    versions_refresh_s: float = 10.0  # how often the ready recommend versions are read from Triton
     port: int = 3000
 
 
@@ -253,9 +267,6 @@ class AdsConfig:
     ctr_hidden: int = 32
     ctr_epochs: int = 40
     ctr_patience: int = 4
-    # canary: this share of users (stable hash) is served by the newest `recommend` version,
-    # the rest by the previous one; 0 is the rollback
-    canary_share: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -75,16 +75,23 @@ class FakeRecommender:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
         self.fail: str | None = None
+        self.ad_rows: list[int] = []
+        self.pctr: float | None = 0.05  # None: the pCTR part failed
 
     async def ready(self) -> bool:
         return self.fail is None
 
-    async def recommend(self, user_id, h, segment, device, excluded, top_k):
+    async def recommend(self, user_id, h, segment, device, excluded, top_k, version=""):
         self.calls.append(list(excluded))
         if self.fail:
             raise RecommendFailed(self.fail, "fake", 0.001)
         ranked = [i for i in range(N_ITEMS) if i not in set(excluded)][:top_k]
         return [(i, 1.0 - i / N_ITEMS) for i in ranked], 0.002
+
+    async def recommend_with_ads(self, user_id, h, segment, device, excluded, top_k, ad_features, version="", ensemble=True):
+        candidates, seconds = await self.recommend(user_id, h, segment, device, excluded, top_k, version)
+        self.ad_rows.append(len(ad_features))
+        return candidates, None if self.pctr is None else np.full(len(ad_features), self.pctr), seconds
 
 
 def make_app() -> tuple[FeedApp, FakeStore, FakeRecommender]:
