@@ -16,6 +16,10 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.responses import Response
 
+from genrec.ads.inventory import AdInventory
+from genrec.ads.serving import AdServer
+from genrec.ads.state import AdState
+from genrec.feed.canary import VersionRouter
 from genrec.feed.catalogue import FeedCatalogue, latest_run
 from genrec.feed.cursor import MAX_CURSOR_CHARS, CursorCodec
 from genrec.feed.envelope import ErrorKind, FeedError, error_body, ok_json
@@ -30,7 +34,8 @@ from genrec.feed.signing import DEV_SIGNING_KEY
 from genrec.feed.tokens import EventTokens
 from genrec.settings import Config, env_overrides, with_overrides
 
-CFG = with_overrides(Config(), {k: v for k, v in env_overrides().items() if k.startswith("feed.")}).feed
+_SETTINGS = with_overrides(Config(), {k: v for k, v in env_overrides().items() if k.split(".")[0] in ("feed", "ads")})
+CFG, ADS = _SETTINGS.feed, _SETTINGS.ads
 log = feed_logger()
 _APP: FeedApp | None = None
 Short = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -80,6 +85,8 @@ def build_app() -> FeedApp:
         CFG.max_relations,
         CFG.idempotency_ttl_s,
     )
+    triton = TritonRecommender(CFG.triton_grpc_url, CFG.triton_timeout_s)
+    ads, ad_state = build_ads(run, catalogue)
     log_event(
         log,
         logging.INFO,
@@ -88,6 +95,7 @@ def build_app() -> FeedApp:
         items=catalogue.n_items,
         vectors=catalogue.source,
         triton=CFG.triton_grpc_url,
+        ads=len(ads.inventory) if ads else 0,
     )
     return FeedApp(
         CFG,
@@ -95,10 +103,37 @@ def build_app() -> FeedApp:
         int(manifest["n_devices"]),
         int(pipeline["max_excluded_items"]),
         store,
-        TritonRecommender(CFG.triton_grpc_url, CFG.triton_timeout_s),
+        triton,
         CursorCodec(CFG.signing_key, CFG.cursor_ttl_s, CFG.max_session_items),
         EventTokens(CFG.signing_key, CFG.event_token_ttl_s),
+        ads=ads,
+        ad_state=ad_state,
+        versions=VersionRouter(CFG.canary_share, triton.ready_versions, CFG.versions_refresh_s),
+        ads_ensemble=ADS.ensemble,
     )
+
+
+def build_ads(run: Path, catalogue: FeedCatalogue) -> tuple[AdServer | None, AdState | None]:
+    """The ad server over the run's inventory and pCTR feature table, or None when ads are off
+    or the run has no pCTR model (logged: the feed then serves content and products only)."""
+    if not ADS.enabled:
+        return None, None
+    from genrec.ad_ctr import AdFeatureTable, ad_feature_rows
+
+    table_path = run / "ad_ctr.npz"
+    if not table_path.exists():
+        log_event(log, logging.WARNING, "the run has no pCTR model (ad_ctr.npz): serving no ads", run=str(run))
+        return None, None
+    table = AdFeatureTable.load(table_path)
+    state = AdState.from_config(ADS, ADS.redis_url or CFG.redis_url, CFG.redis_timeout_s)
+    server = AdServer(
+        AdInventory.from_item_table(run),
+        ADS,
+        state,
+        lambda history, items: ad_feature_rows(history, items, table),
+        catalogue.category,
+    )
+    return server, state
 
 
 def _handlers() -> FeedApp:
@@ -156,7 +191,7 @@ class FeedService:
     ) -> dict[str, Any]:
         """A page of the user's feed: content and products, positioned, with a cursor for the next page."""
         try:
-            return _answer(ctx, await self.app.feed(user_id, count, cursor, device))
+            return _answer(ctx, await self.app.feed(user_id, count, cursor, device, ab_bucket))
         except FeedError as e:
             return _error(ctx, e)
 
