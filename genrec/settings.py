@@ -239,6 +239,9 @@ class AdsConfig:
     floor_cpc: float = 0.05  # reserve price per click, currency units
     min_ecpm: float = 0.002  # relevance threshold: a weaker ad never displaces organic items
     max_candidates: int = 256  # eligible ads scored per feed request (pCTR batch cap)
+    # score the ads in the same Triton round trip as the organic candidates (the feed_candidates
+    # ensemble); false: recommend, then ad_ctr (bench/results/ad_round_trip.json compares them)
+    ensemble: bool = True
     # density (session positions, 0-based): at most `first_screen_max_ads` ads in the first
     # `first_screen` positions, then at most 1 ad in every `ad_every` positions; never two ads
     # adjacent, never an ad next to a product
