@@ -81,15 +81,15 @@ class AdServer:
     recent_events: int = 50  # the history window targeting looks at
 
     def bucket(self, user_id: str, requested: str | None) -> tuple[int, int]:
-        """(bucket, ad_every) of this user; ``requested`` is the request's ``ab_bucket``
-        (an integer index into ``AdsConfig.ab_buckets``). Raises ValueError naming the range."""
-        asked: int | None = None
-        if requested is not None:
-            try:
-                asked = int(requested)
-            except ValueError:
-                raise ValueError(f"ab_bucket: expected an integer 0..{len(self.cfg.ab_buckets) - 1}, got {requested!r}") from None
-        return ad_load(self.cfg, user_id, asked)
+        """(bucket, ad_every) of this request. ``requested`` is the request's ``ab_bucket``: a
+        number names a bucket of ``AdsConfig.ab_buckets`` (out of range: ValueError naming the
+        range); a name (an experiment arm, e.g. "b") is hashed to a bucket, the same one in every
+        replica; absent, the user's stable hash picks it."""
+        if requested is None:
+            return ad_load(self.cfg, user_id)
+        if requested.isdigit():
+            return ad_load(self.cfg, user_id, int(requested))
+        return ad_load(self.cfg, f"ab-name:{requested}")
 
     async def prepare(
         self, user_id: str, history_items: np.ndarray, bucket: int, ad_every: int, now: float, excluded: Collection[int] = ()

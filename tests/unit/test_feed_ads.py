@@ -181,7 +181,8 @@ def test_the_requested_bucket_picks_the_ad_load_and_a_bad_one_is_refused():
     assert off["ab_bucket"] == 0 and not ad_items(off), "bucket 0 has no ad load"
     on = data_of(asyncio.run(app.feed("u2", 10, None, "mobile", "1")))
     assert on["ab_bucket"] == 1 and ad_items(on)
-    for bad in ("7", "x"):
-        with pytest.raises(FeedError) as e:
-            asyncio.run(app.feed("u1", 10, None, "mobile", bad))
-        assert e.value.kind == ErrorKind.VALIDATION and "ab_bucket" in e.value.msg
+    named = {data_of(asyncio.run(app.feed(u, 10, None, "mobile", "arm-b")))["ab_bucket"] for u in ("u1", "u2", "u3")}
+    assert len(named) == 1, "a named arm is one bucket for every user"
+    with pytest.raises(FeedError) as e:
+        asyncio.run(app.feed("u1", 10, None, "mobile", "7"))
+    assert e.value.kind == ErrorKind.VALIDATION and "ab_bucket" in e.value.msg
