@@ -68,11 +68,17 @@ def render(c: ModelContract, platform: str = "onnxruntime_onnx") -> str:
     if c.steps:
         return "\n".join([*lines, _ensemble_scheduling(c)]) + "\n"
     lines.append(f"instance_group [ {{ count: {c.instances}, kind: KIND_CPU }} ]")
-    if c.max_batch_size:
-        sizes = ", ".join(str(s) for s in c.preferred_batch_sizes)
-        lines.append(
-            f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n  max_queue_delay_microseconds: {c.max_queue_delay_us}\n}}"
-        )
+    if c.max_batch_size or c.max_queue_size:
+        batching = []
+        if c.max_batch_size:
+            sizes = ", ".join(str(s) for s in c.preferred_batch_sizes)
+            batching += [f"  preferred_batch_size: [ {sizes} ]", f"  max_queue_delay_microseconds: {c.max_queue_delay_us}"]
+        if c.max_queue_size:  # accepted with max_batch_size 0 too (Triton 2.51, Python backend): one request per execute
+            batching.append(
+                f"  default_queue_policy {{ timeout_action: REJECT, default_timeout_microseconds: {c.queue_timeout_us},"
+                f" allow_timeout_override: true, max_queue_size: {c.max_queue_size} }}"
+            )
+        lines.append("dynamic_batching {\n" + "\n".join(batching) + "\n}")
     if c.caps and not c.backend:  # enforced by the pip runtime's onnxruntime backend on direct calls
         lines.append(f'parameters {{\n  key: "{CAPS_PARAMETER}"\n  value: {{ string_value: {json.dumps(c.caps_parameter())} }}\n}}')
     if not c.backend:  # a Python model that calls others must not warm up before they load

@@ -83,6 +83,10 @@ class ModelContract:
     instances: int = 1
     versions_kept: int = 2  # the previous version keeps answering requests that name it
     steps: tuple[EnsembleStep, ...] = ()  # set: a Triton ensemble (platform "ensemble") of these steps
+    # a bounded queue (Triton's default_queue_policy, REJECT): beyond max_queue_size waiting, or
+    # after queue_timeout_us in the queue, a request is refused with UNAVAILABLE; 0: unbounded
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
 
     def __post_init__(self) -> None:
         named = {d for t in (*self.inputs, *self.outputs) for d in t.dims if isinstance(d, str)}
@@ -250,6 +254,8 @@ def recommend_contract(cfg: Config) -> ModelContract:
         backend="python",
         versions_kept=1,  # a recommend version pins its graph versions; only the newest set serves
         instances=RECOMMEND_INSTANCES,
+        max_queue_size=cfg.serving.max_queue_size,
+        queue_timeout_us=cfg.serving.queue_timeout_ms * 1000,
         parameters={
             "beam_width": f"int or 'w0,w1,w2' per semantic-ID level (default {','.join(map(str, p.beam_widths))}, cap {p.max_beam_width})",
             "ann_candidates": f"Milvus neighbours merged with the beams (default {p.ann_candidates}, cap max_candidates)",

@@ -183,7 +183,7 @@ class ServingConfig:
     # faults (runtime/README.md "Operations: faults"): recommend's bounded queue (config.pbtxt,
     # written at publish) refuses with UNAVAILABLE instead of letting requests pile up
     max_queue_size: int = 64  # requests waiting beyond this are refused at once
-    queue_timeout_ms: int = 1_000  # a request still queued after this is refused (a request's own `timeout` overrides it)
+    queue_timeout_ms: int = 500  # a request still queued after this is refused (a request's own `timeout` overrides it)
     # genrec-triton's watchdog: a canary on recommend and the stub processes, checked every interval
     watchdog: bool = True
     watchdog_interval_s: float = 1.0

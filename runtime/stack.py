@@ -45,7 +45,7 @@ from pathlib import Path
 
 from genrec.runtime.ports import free_port
 from genrec.runtime.redis_server import RedisServer
-from genrec.runtime.triton_server import REPO_ROOT, TritonServer
+from genrec.runtime.triton_server import REPO_ROOT
 
 DEFAULT_STATE_DIR = Path(os.environ.get("GENREC_STACK_DIR", REPO_ROOT / "build" / "stack"))
 DEFAULT_PORTS = {"feed": 3000, "triton_http": 8000, "triton_grpc": 8001, "triton_metrics": 8002, "redis": 6379}
@@ -294,16 +294,12 @@ class Stack:
     def _start_triton(self, st: State, repo: Path) -> int:
         state = self.dir / "triton_state"  # milvus-lite files of the recommend model
         state.mkdir(parents=True, exist_ok=True)
-        server = TritonServer(
-            repo,
-            st.ports["triton_http"],
-            st.ports["triton_grpc"],
-            st.ports["triton_metrics"],
-            log=self.log_file("triton"),
-            env={"GENREC_SERVING__STATE_DIR": str(state)},
-        )
-        cmd, env = server.command()
-        return _spawn(cmd, env, self.log_file("triton"))
+        # the launcher (genrec-triton), not the bare server: it runs the watchdog (runtime/watchdog.py)
+        # and, on SIGTERM from `down`, stops the server and its stubs within the exit timeout
+        cmd = [sys.executable, "-m", "genrec.runtime.triton_server", "--repository", str(repo), "--log", str(self.log_file("triton"))]
+        for flag, key in (("--http-port", "triton_http"), ("--grpc-port", "triton_grpc"), ("--metrics-port", "triton_metrics")):
+            cmd += [flag, str(st.ports[key])]
+        return _spawn(cmd, {**os.environ, "GENREC_SERVING__STATE_DIR": str(state)}, self.log_file("triton"))
 
     def _start_redis(self, st: State) -> int:
         data = self.dir / "redis"

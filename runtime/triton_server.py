@@ -10,6 +10,13 @@ and ``ensemble/backends/onnxruntime`` as a Python-based backend named ``onnxrunt
 same ``platform: "onnxruntime_onnx"`` configs load in both runtimes.
 Model control is ``explicit`` by default (every model in the repository is loaded at start;
 publish and rollback then load/unload through the repository API).
+
+``genrec-triton`` also runs the watchdog (``runtime/watchdog.py``, on unless
+``GENREC_SERVING__WATCHDOG=false``): a dead or stuck model instance is unloaded and loaded again
+(Triton's readiness is false meanwhile), the server restarted if that fails twice. A stop
+(SIGTERM, Ctrl-C) takes at most ``--exit-timeout-secs`` (GENREC_SERVING__EXIT_TIMEOUT_S, 5 s)
+plus a moment, also with a dead or busy stub: what is left then is killed. See runtime/README.md,
+"Operations: faults".
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -104,7 +112,10 @@ class TritonServer:
         log: Path | None = None,
         backend_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        exit_timeout_s: int = 5,
     ) -> None:
+        self.exit_timeout_s = exit_timeout_s
+        self.lock = threading.RLock()  # held across a restart, so a supervisor can tell it from an exit
         self.repository = Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.mode = model_control_mode
@@ -149,6 +160,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--strict-readiness=true",
             "--exit-on-error=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",  # a dead or busy stub must not hold a stop for 30 s
             "--log-verbose=0",
         ]
         if self.mode == "explicit":
@@ -192,20 +204,33 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s" + (f"; see {self.log}" if self.log else ""))
 
     def stop(self) -> None:
-        """Stop the server and its Python stubs (same process group), even if it crashed."""
+        """Stop the server and its Python stubs (same process group), even if it crashed or a
+        stub is dead: SIGTERM, ``exit_timeout_s`` (+2 s) for Triton to unload, then SIGKILL of
+        whatever is left in the group (stubs included)."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                time.sleep(0.5)  # let the stubs see their parent go; SIGKILL what is left
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(self.exit_timeout_s + 2)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # the stubs of a stopped server, a server past its exit timeout
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def restart(self, timeout: float = 300.0) -> None:
+        """Stop and start again on the same ports (the watchdog's last resort)."""
+        with self.lock:
+            self.stop()
+            self.start(timeout)
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -222,23 +247,67 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("GENREC_TRITON_METRICS_PORT", 8002)))
     p.add_argument("--model-control-mode", choices=["explicit", "poll", "none"], default="explicit", help="explicit (default), or poll")
     p.add_argument("--log", type=Path, default=None, help="write the server log here (default: inherit stdout)")
+    p.add_argument(
+        "--watchdog-metrics-port",
+        type=int,
+        default=int(os.environ.get("GENREC_TRITON_WATCHDOG_PORT", 0)),
+        help="serve the watchdog's Prometheus counters on this port (default 0: not served; they are logged either way)",
+    )
     a = p.parse_args(argv)
-    server = TritonServer(a.repository, a.http_port, a.grpc_port, a.metrics_port, a.model_control_mode, a.log)
+    from genrec.settings import named_config
+
+    serving = named_config().serving  # GENREC_SERVING__* (the same variables the recommend model reads)
+    server = TritonServer(
+        a.repository, a.http_port, a.grpc_port, a.metrics_port, a.model_control_mode, a.log, exit_timeout_s=serving.exit_timeout_s
+    )
     print(f"[triton] {' '.join(server.command()[0])}", flush=True)
     # SIGTERM (docker stop, kill) stops the server and its stubs too, not only this launcher
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    dog = None
     try:
         server.start(timeout=300)
         print(
             f"[triton] ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics http://localhost:{a.metrics_port}/metrics",
             flush=True,
         )
-        assert server.proc is not None
-        return server.proc.wait()
+        if serving.watchdog:
+            dog = start_watchdog(server, serving, a.watchdog_metrics_port)
+        return supervise(server)
     except KeyboardInterrupt:
         return 0
     finally:
+        if dog is not None:
+            dog.stop()
         server.stop()
+
+
+def start_watchdog(server: TritonServer, serving, metrics_port: int = 0):
+    """The watchdog of ``server`` (settings: ServingConfig.watchdog_*), running in a thread."""
+    from genrec.runtime.watchdog import TritonProbe, Watchdog, WatchdogMetrics
+
+    metrics = WatchdogMetrics() if metrics_port else None
+    if metrics is not None:
+        metrics.serve(metrics_port)
+    return Watchdog(
+        TritonProbe(server.http_url, serving.watchdog_canary_timeout_s),
+        server_pid=lambda: server.proc.pid if server.proc is not None and server.proc.poll() is None else None,
+        interval_s=serving.watchdog_interval_s,
+        failures=serving.watchdog_failures,
+        restart=server.restart,
+        recover_by_reload=server.mode == "explicit",  # the repository API needs explicit model control
+        metrics=metrics,
+    ).start()
+
+
+def supervise(server: TritonServer) -> int:
+    """Wait for the server to exit and return its code; a restart by the watchdog is not an exit."""
+    while True:
+        proc = server.proc
+        assert proc is not None
+        code = proc.wait()
+        with server.lock:  # a restart in progress holds it until the new process is up (or failed)
+            if server.proc is proc or server.proc is None:
+                return code
 
 
 if __name__ == "__main__":

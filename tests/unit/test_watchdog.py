@@ -1,0 +1,140 @@
+"""The watchdog's decision logic (runtime/watchdog.py) with fake observations and a fake probe:
+when it recovers a model, when it leaves it alone, when it gives up and restarts the server."""
+
+from __future__ import annotations
+
+from genrec.runtime.watchdog import (
+    Action,
+    HealthTracker,
+    Observation,
+    Stub,
+    Verdict,
+    Watchdog,
+    classify,
+    lost_stubs,
+    parse_stub,
+)
+
+OK = Observation(ready=True, canary=Verdict.OK)
+
+
+def test_classify_maps_triton_answers():
+    assert classify(200, "") is Verdict.OK
+    assert classify(500, "Stub process 'recommend_0_0' is not healthy.") is Verdict.UNHEALTHY
+    assert classify(503, "Exceeds maximum queue size") is Verdict.BUSY
+    assert classify(500, "Request timeout expired") is Verdict.BUSY
+    assert classify(404, "Request for unknown model: 'recommend' has no available versions") is Verdict.ABSENT
+    assert classify(None, "timed out") is Verdict.FAILED
+    assert classify(500, "recommend failed: boom") is Verdict.FAILED
+
+
+def test_a_lost_stub_or_an_unhealthy_canary_is_recovered_at_once():
+    t = HealthTracker(failures=3)
+    assert t.observe(OK) == (Action.NONE, "")
+    assert t.observe(Observation(ready=True, stub_lost=True)) == (Action.RECOVER, "stub_lost")
+    t.recovered(loaded=True)
+    assert t.observe(OK)[0] is Action.NONE  # a passing canary resets the attempts
+    assert t.observe(Observation(ready=True, canary=Verdict.UNHEALTHY)) == (Action.RECOVER, "stub_unhealthy")
+
+
+def test_a_stuck_model_is_recovered_after_failures_ticks_without_progress():
+    t = HealthTracker(failures=3)
+    stuck = Observation(ready=True, canary=Verdict.FAILED, progressed=False)
+    assert [t.observe(stuck)[0] for _ in range(3)] == [Action.NONE, Action.NONE, Action.RECOVER]
+    assert t.observe(stuck)[0] is Action.NONE  # counting starts again after a recovery
+
+
+def test_a_busy_or_failing_model_that_still_executes_is_left_alone():
+    t = HealthTracker(failures=2)
+    for canary in (Verdict.BUSY, Verdict.FAILED) * 5:
+        assert t.observe(Observation(ready=True, canary=canary, progressed=True))[0] is Action.NONE
+    # one tick without progress between busy ticks with progress never adds up to a recovery
+    for progressed in (False, True) * 5:
+        assert t.observe(Observation(ready=True, canary=Verdict.BUSY, progressed=progressed))[0] is Action.NONE
+
+
+def test_a_model_unloaded_by_someone_else_is_not_touched():
+    t = HealthTracker(failures=1)
+    assert t.observe(Observation(ready=False, canary=Verdict.ABSENT)) == (Action.NONE, "")
+
+
+def test_two_unsuccessful_recoveries_then_a_restart():
+    t = HealthTracker(failures=3, max_recoveries=2)
+    dead = Observation(ready=True, canary=Verdict.UNHEALTHY)
+    assert t.observe(dead)[0] is Action.RECOVER
+    t.recovered(loaded=True)
+    assert t.observe(dead)[0] is Action.RECOVER  # failed again before any canary passed
+    t.recovered(loaded=False)
+    assert t.observe(Observation(ready=False)) == (Action.RESTART, "load_failed")  # our load failed: still ours
+    t.restarted()
+    assert t.observe(OK)[0] is Action.NONE
+
+
+def test_a_failed_load_is_retried_even_though_the_model_is_not_ready():
+    t = HealthTracker(max_recoveries=2)
+    assert t.observe(Observation(ready=True, stub_lost=True))[0] is Action.RECOVER
+    t.recovered(loaded=False)
+    assert t.observe(Observation(ready=False)) == (Action.RECOVER, "load_failed")
+
+
+def test_stub_argv_names_model_version_and_instance():
+    argv = [
+        "/b/python/triton_python_backend_stub",
+        "/repo/recommend/3/model.py",
+        "shm",
+        "1048576",
+        "1048576",
+        "42",
+        "/b/python",
+        "336",
+        "recommend_0_0",
+        "DEFAULT",
+    ]
+    assert parse_stub(7, argv, "S") == Stub(7, "recommend", "3", "recommend_0_0", True)
+    assert parse_stub(7, argv, "Z").alive is False
+    assert parse_stub(7, ["/usr/bin/python3", "x.py"], "S") is None
+
+
+def test_lost_stubs_ignores_replaced_instances():
+    a = Stub(1, "recommend", "1", "recommend_0_0", True)
+    b = Stub(2, "ranker", "1", "ranker_0_0", True)
+    assert lost_stubs([a, b], [b]) == [a]  # gone
+    assert lost_stubs([a, b], [Stub(1, "recommend", "1", "recommend_0_0", False), b]) == [a]  # a zombie
+    assert lost_stubs([a, b], [Stub(9, "recommend", "1", "recommend_0_0", True), b]) == []  # a successor (reload)
+
+
+class FakeProbe:
+    """Answers the watchdog's calls from a script; records unload/load."""
+
+    def __init__(self, canaries: list[Verdict], load_ok: bool = True) -> None:
+        self.canaries, self.load_ok, self.calls = list(canaries), load_ok, []
+        self.count = 0
+
+    def ready_versions(self):
+        return {"recommend": {"1"}}
+
+    def canary(self, model):
+        return self.canaries.pop(0), "", 0.01
+
+    def execution_count(self, model):
+        return self.count  # stands still: no progress
+
+    def unload(self, model):
+        self.calls.append(("unload", model))
+        return True, ""
+
+    def load(self, model):
+        self.calls.append(("load", model))
+        return self.load_ok, "" if self.load_ok else "failed to load"
+
+
+def test_watchdog_unloads_and_loads_then_restarts_when_that_does_not_help():
+    events, restarts = [], []
+    probe = FakeProbe([Verdict.OK, Verdict.UNHEALTHY, Verdict.UNHEALTHY, Verdict.UNHEALTHY, Verdict.OK])
+    dog = Watchdog(probe, server_pid=lambda: None, restart=lambda: restarts.append(1), log=lambda e, **f: events.append((e, f)))  # type: ignore[arg-type]
+    for _ in range(5):
+        dog.tick()
+    assert probe.calls == [("unload", "recommend"), ("load", "recommend")] * 2
+    assert restarts == [1]
+    assert [e for e, _ in events] == ["detected", "recovered", "detected", "recovered", "detected", "restarted"]
+    assert events[0][1]["reason"] == "stub_unhealthy" and events[1][1]["action"] == "unload_load"
