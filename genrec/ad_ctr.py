@@ -27,6 +27,7 @@ per-item feature table), ``ad_ctr.json`` (feature names, d_user, metrics), ``ad_
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -36,13 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from genrec.data.ad_impressions import AdImpressions, Phase, generate_impressions
 from genrec.data.schema import Dataset, ItemKind
 
 if TYPE_CHECKING:
+    import torch
+
     from genrec.bundle import ModelBundle
     from genrec.data.split import Split
     from genrec.settings import Config
@@ -189,41 +190,54 @@ def request_user_vectors(bundle: ModelBundle, ds: Dataset, imp: AdImpressions) -
 # ---- model -----------------------------------------------------------------------------------
 
 
-class AdCtrNet(nn.Module):
-    """``forward(user_vector [B, d], ad_features [B, A, F]) -> pctr [B, A]`` (calibrated)."""
+def network(d_user: int, n_features: int = N_FEATURES, hidden: int = 32, dropout: float = 0.1) -> torch.nn.Module:
+    """A fresh ``AdCtrNet``: ``forward(user_vector [B, d], ad_features [B, A, F]) -> pctr [B, A]`` (calibrated)."""
+    return _network_class()(d_user, n_features, hidden, dropout)
 
-    def __init__(self, d_user: int, n_features: int = N_FEATURES, hidden: int = 32, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.d_user, self.n_features, self.hidden = d_user, n_features, hidden
-        for name, size in (("u_mean", d_user), ("u_std", d_user), ("x_mean", n_features), ("x_std", n_features)):
-            self.register_buffer(name, torch.zeros(size) if name.endswith("mean") else torch.ones(size))
-        self.register_buffer("calib_scale", torch.ones(()))
-        self.register_buffer("calib_bias", torch.zeros(()))
-        self.wide = nn.Linear(n_features, 1)
-        self.user_in = nn.Linear(d_user, hidden)
-        self.ad_in = nn.Linear(n_features, hidden, bias=False)
-        self.deep = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def set_normalisation(self, user_vectors: np.ndarray, features: np.ndarray) -> None:
-        for name, x in (("u", user_vectors), ("x", features)):
-            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-            getattr(self, f"{name}_mean").copy_(t.mean(0))
-            getattr(self, f"{name}_std").copy_(t.std(0).clamp_min(1e-3))
+@functools.cache
+def _network_class() -> type:
+    # torch is imported on first use: the feed imports this module for ad_feature_rows only
+    import torch
+    from torch import nn
 
-    def logits(self, user_vector: torch.Tensor, ad_features: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated logits [B, A]."""
-        u = (user_vector - self.u_mean) / self.u_std
-        x = (ad_features - self.x_mean) / self.x_std
-        h = self.user_in(u).unsqueeze(1) + self.ad_in(x)  # [B, 1, H] + [B, A, H]
-        return (self.wide(x) + self.deep(h)).squeeze(-1)
+    class AdCtrNet(nn.Module):
+        """``forward(user_vector [B, d], ad_features [B, A, F]) -> pctr [B, A]`` (calibrated)."""
 
-    def forward(self, user_vector: torch.Tensor, ad_features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.calib_scale * self.logits(user_vector, ad_features) + self.calib_bias)
+        def __init__(self, d_user: int, n_features: int = N_FEATURES, hidden: int = 32, dropout: float = 0.1) -> None:
+            super().__init__()
+            self.d_user, self.n_features, self.hidden = d_user, n_features, hidden
+            for name, size in (("u_mean", d_user), ("u_std", d_user), ("x_mean", n_features), ("x_std", n_features)):
+                self.register_buffer(name, torch.zeros(size) if name.endswith("mean") else torch.ones(size))
+            self.register_buffer("calib_scale", torch.ones(()))
+            self.register_buffer("calib_bias", torch.zeros(()))
+            self.wide = nn.Linear(n_features, 1)
+            self.user_in = nn.Linear(d_user, hidden)
+            self.ad_in = nn.Linear(n_features, hidden, bias=False)
+            self.deep = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+        def set_normalisation(self, user_vectors: np.ndarray, features: np.ndarray) -> None:
+            for name, x in (("u", user_vectors), ("x", features)):
+                t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+                getattr(self, f"{name}_mean").copy_(t.mean(0))
+                getattr(self, f"{name}_std").copy_(t.std(0).clamp_min(1e-3))
+
+        def logits(self, user_vector: torch.Tensor, ad_features: torch.Tensor) -> torch.Tensor:
+            """Uncalibrated logits [B, A]."""
+            u = (user_vector - self.u_mean) / self.u_std
+            x = (ad_features - self.x_mean) / self.x_std
+            h = self.user_in(u).unsqueeze(1) + self.ad_in(x)  # [B, 1, H] + [B, A, H]
+            return (self.wide(x) + self.deep(h)).squeeze(-1)
+
+        def forward(self, user_vector: torch.Tensor, ad_features: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.calib_scale * self.logits(user_vector, ad_features) + self.calib_bias)
+
+    return AdCtrNet
 
 
 @dataclass
 class AdCtrModel:
-    net: AdCtrNet
+    net: torch.nn.Module  # network()
     table: AdFeatureTable
     report: dict
 
@@ -231,13 +245,15 @@ class AdCtrModel:
     def d_user(self) -> int:
         return self.net.d_user
 
-    @torch.no_grad()
     def predict(self, user_vectors: np.ndarray, ad_features: np.ndarray) -> np.ndarray:
         """[batch, ads] calibrated pCTR of ``ad_features`` [batch, ads, F] for ``user_vectors`` [batch, d_user]."""
+        import torch
+
         self.net.eval()
         u = torch.from_numpy(np.ascontiguousarray(user_vectors, dtype=np.float32))
         x = torch.from_numpy(np.ascontiguousarray(ad_features, dtype=np.float32))
-        return self.net(u, x).numpy()
+        with torch.no_grad():
+            return self.net(u, x).numpy()
 
 
 def predict(model: AdCtrModel, user_vectors: np.ndarray, ad_features: np.ndarray) -> np.ndarray:
@@ -249,13 +265,12 @@ def predict(model: AdCtrModel, user_vectors: np.ndarray, ad_features: np.ndarray
 
 def auc(score: np.ndarray, label: np.ndarray) -> float:
     """Area under the ROC curve (ties get average ranks)."""
-    from scipy.stats import rankdata
-
     label = np.asarray(label).astype(bool)
     pos, neg = int(label.sum()), int((~label).sum())
     if pos == 0 or neg == 0:
         return float("nan")
-    ranks = rankdata(score)
+    _, inverse, counts = np.unique(np.asarray(score), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.reshape(-1)]  # 1-based, ties averaged
     return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
@@ -326,14 +341,16 @@ def reliability(p: np.ndarray, label: np.ndarray, p_true: np.ndarray, bins: int 
 # ---- training --------------------------------------------------------------------------------
 
 
-def _flat_logits(net: AdCtrNet, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _flat_logits(net: torch.nn.Module, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return net.logits(users, x[:, None, :])[:, 0]
 
 
-@torch.no_grad()
-def _logits_of(net: AdCtrNet, users: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _logits_of(net: torch.nn.Module, users: np.ndarray, x: np.ndarray) -> np.ndarray:
+    import torch
+
     net.eval()
-    out = [_flat_logits(net, torch.from_numpy(users[i : i + 8192]), torch.from_numpy(x[i : i + 8192])) for i in range(0, len(x), 8192)]
+    with torch.no_grad():
+        out = [_flat_logits(net, torch.from_numpy(users[i : i + 8192]), torch.from_numpy(x[i : i + 8192])) for i in range(0, len(x), 8192)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -367,16 +384,18 @@ def train_ad_ctr(
     """Train on the TRAIN phase, early stop and calibrate on VALID, report on TEST.
 
     ``user_vectors``: (R, d_user), one per request; ``features``: (N, F), one row per impression."""
+    import torch
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rows = {ph: imp.rows(ph) for ph in Phase}
     u_rows = {ph: np.ascontiguousarray(user_vectors[imp.request[r]], dtype=np.float32) for ph, r in rows.items()}
     x_rows = {ph: np.ascontiguousarray(features[r], dtype=np.float32) for ph, r in rows.items()}
     y_rows = {ph: imp.click[r].astype(np.float32) for ph, r in rows.items()}
-    net = AdCtrNet(user_vectors.shape[1], features.shape[1], hidden)
+    net = network(user_vectors.shape[1], features.shape[1], hidden)
     net.set_normalisation(user_vectors[np.unique(imp.request[rows[Phase.TRAIN]])], x_rows[Phase.TRAIN])
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
     tu, tx, ty = (torch.from_numpy(a) for a in (u_rows[Phase.TRAIN], x_rows[Phase.TRAIN], y_rows[Phase.TRAIN]))
     best, best_epoch, bad, state, history = math.inf, 0, 0, None, []
     t0 = time.perf_counter()
@@ -466,9 +485,10 @@ def fit_for_run(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, log
 # ---- files -----------------------------------------------------------------------------------
 
 
-def export_onnx(model: AdCtrModel | AdCtrNet, path: Path) -> None:
+def export_onnx(model: AdCtrModel | torch.nn.Module, path: Path) -> None:
     """The ``ad_ctr`` graph: user_vector [batch, d_user], ad_features [batch, ads, F] -> pctr [batch, ads]."""
     import onnx
+    import torch
 
     net = model.net if isinstance(model, AdCtrModel) else model
     net.eval()
@@ -504,6 +524,8 @@ def onnx_parity(model: AdCtrModel, path: Path, seed: int = 0) -> float:
 
 def save(model: AdCtrModel, run_dir: Path) -> dict:
     """Write the run files; returns the report (with the ONNX parity) for metrics.json."""
+    import torch
+
     run_dir = Path(run_dir)
     torch.save(model.net.state_dict(), run_dir / "ad_ctr.pt")
     model.table.save(run_dir / "ad_ctr.npz")
@@ -521,7 +543,9 @@ def load(run_dir: str | Path) -> AdCtrModel:
     report = json.loads((run_dir / "ad_ctr.json").read_text())
     if tuple(report["features"]) != AD_FEATURES:
         raise ValueError(f"{run_dir}/ad_ctr.json was trained on features {report['features']}, this code builds {list(AD_FEATURES)}")
-    net = AdCtrNet(int(report["d_user"]), N_FEATURES, int(report["hidden"]))
+    import torch
+
+    net = network(int(report["d_user"]), N_FEATURES, int(report["hidden"]))
     net.load_state_dict(torch.load(run_dir / "ad_ctr.pt", weights_only=True))
     net.eval()
     return AdCtrModel(net, AdFeatureTable.load(run_dir / "ad_ctr.npz"), report)

@@ -142,3 +142,12 @@ def test_metrics_on_known_cases():
     assert ad_ctr.expected_calibration_error(np.full(4, 0.5), y, bins=1) == 0.0
     assert ad_ctr.log_loss(np.full(4, 0.5), y) == pytest.approx(np.log(2))
     assert ad_ctr.platt(np.array([-2.0, -1.0, 1.0, 2.0, 0.5, -0.5]), np.array([0, 0, 1, 1, 0, 1]))[0] > 0
+
+
+def test_feature_code_imports_without_torch():
+    """The feed imports genrec.ad_ctr for AD_FEATURES and ad_feature_rows: no torch in its process."""
+    import subprocess
+    import sys
+
+    code = "import sys, genrec.ad_ctr as a; assert a.AD_FEATURES and 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
