@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.contracts import all_contracts, recommend_contract
+from genrec.contracts import ad_ctr_contract, all_contracts, feed_candidates_contract, recommend_contract
 from genrec.exporters.pbtxt import render
 from genrec.settings import named_config
 
@@ -14,7 +14,11 @@ REPO = Path(__file__).resolve().parents[2] / "model_repository"
 SMALL = named_config("small", environ={})
 
 
-@pytest.mark.parametrize("contract", [*all_contracts(SMALL), recommend_contract(SMALL)], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "contract",
+    [*all_contracts(SMALL), recommend_contract(SMALL), ad_ctr_contract(SMALL), feed_candidates_contract(SMALL)],
+    ids=lambda c: c.name,
+)
 def test_committed_configs_match_the_contracts(contract):
     assert (REPO / contract.name / "config.pbtxt").read_text() == render(contract), "run: genrec-publish --write-configs small"
 
@@ -40,6 +44,22 @@ def test_recommend_config_is_a_python_model_with_optional_inputs_and_documented_
     for name in ("beam_width", "ann_candidates", "max_candidates", "top_k", "excluded_items"):
         assert f"# request parameter {name}:" in text
     assert "num_versions: 1" in text
+
+
+def test_feed_candidates_is_an_ensemble_whose_steps_compose():
+    cfg = named_config("tiny", environ={})
+    c, rec, ctr = feed_candidates_contract(cfg), recommend_contract(cfg), ad_ctr_contract(cfg)
+    text = render(c)
+    assert 'platform: "ensemble"' in text and "instance_group" not in text and "model_warmup" not in text
+    produced = {t.name for t in c.inputs}
+    for step, model in zip(c.steps, (rec, ctr)):
+        assert set(step.inputs) == {t.name for t in model.inputs} and set(step.inputs.values()) <= produced
+        produced |= set(step.outputs.values())
+    assert {t.name for t in c.outputs} <= produced
+    # recommend (unbatched) hands ad_ctr (batched) a batch of one
+    user = next(t for t in rec.outputs if t.name == "user_vector")
+    assert user.dims == (1, *ctr.inputs[0].dims) and ctr.max_batch_size > 0 and rec.max_batch_size == 0
+    assert ctr.caps["ads"] == cfg.ads.max_candidates
 
 
 def test_publish_accepts_an_operator_chosen_instance_count_but_not_a_changed_tensor(tmp_path):
