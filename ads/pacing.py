@@ -115,10 +115,10 @@ class PaceState:
 @dataclass(frozen=True)
 class PacingController:
     curve: TrafficCurve = TrafficCurve()
-    interval_s: float = 60.0  # the throttle changes at most this often
-    horizon_s: float = 3_600.0  # a gap is closed over this much time (clamped at midnight)
-    smoothing_s: float = 1_800.0  # time constant of the demand estimate's EMAs
-    p_min: float = 0.01  # a campaign ahead of its curve still serves now and then (keeps the estimate alive)
+    interval_s: float = AdsConfig.pacing_interval_s  # the throttle changes at most this often
+    horizon_s: float = AdsConfig.pacing_horizon_s  # a gap is closed over this much time (clamped at midnight)
+    smoothing_s: float = AdsConfig.pacing_smoothing_s  # time constant of the demand estimate's EMAs
+    p_min: float = AdsConfig.pacing_p_min  # a campaign ahead of its curve still serves now and then (keeps the estimate alive)
 
     @classmethod
     def from_config(cls, cfg: AdsConfig, curve: TrafficCurve | None = None) -> PacingController:

@@ -254,9 +254,9 @@ class AdsConfig:
     # pacing: a minute-level throttle per campaign toward the day's target spend curve
     pacing: bool = True
     pacing_interval_s: int = 60
-    pacing_horizon_s: int = 3_600  # a gap to the target curve is closed over this much time
-    pacing_smoothing_s: int = 1_800  # time constant of the demand estimate (ads/pacing.py)
-    pacing_p_min: float = 0.01  # floor of the serve probability of a campaign ahead of its curve
+    pacing_horizon_s: int = 900  # a gap to the target curve is closed over this much time
+    pacing_smoothing_s: int = 600  # time constant of the demand estimate (ads/pacing.py)
+    pacing_p_min: float = 0.001  # floor of the serve probability of a campaign ahead of its curve
     state_ttl_s: int = 172_800  # caps, spend, charged tokens, served impressions: 2 days
     served_cap: int = 200  # served-ad impression records kept per user
     # experiments: a stable hash of the user picks one of `ab_buckets` ad-load policies
