@@ -138,3 +138,20 @@ def test_watchdog_unloads_and_loads_then_restarts_when_that_does_not_help():
     assert restarts == [1]
     assert [e for e, _ in events] == ["detected", "recovered", "detected", "recovered", "detected", "restarted"]
     assert events[0][1]["reason"] == "stub_unhealthy" and events[1][1]["action"] == "unload_load"
+
+
+def test_recommend_queue_is_bounded_from_settings_and_an_operator_may_change_the_bounds(tmp_path):
+    from genrec.contracts import recommend_contract
+    from genrec.exporters.pbtxt import render
+    from genrec.exporters.publish import check_config
+    from genrec.settings import named_config
+
+    cfg = named_config("tiny", environ={"GENREC_SERVING__MAX_QUEUE_SIZE": "8", "GENREC_SERVING__QUEUE_TIMEOUT_MS": "250"})
+    c = recommend_contract(cfg)
+    text = render(c)
+    assert "max_batch_size: 0" in text and "timeout_action: REJECT" in text
+    assert "max_queue_size: 8" in text and "default_timeout_microseconds: 250000" in text
+    (tmp_path / c.name).mkdir()
+    (tmp_path / c.name / "config.pbtxt").write_text(text.replace("max_queue_size: 8", "max_queue_size: 32"))
+    check_config(tmp_path / c.name, recommend_contract(named_config("tiny", environ={})))  # a deployment knob, not the contract
+    assert "default_queue_policy" not in render(recommend_contract(named_config("tiny", environ={"GENREC_SERVING__MAX_QUEUE_SIZE": "0"})))
