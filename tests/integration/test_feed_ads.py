@@ -1,0 +1,170 @@
+"""Ads through the real stack: ``bentoml serve`` -> Triton (``feed_candidates``: recommend and
+ad_ctr in one round trip, on a published `tiny` run) -> redis-server. Prices and density on the
+served pages, a click charged once at its signed price, frequency caps under parallel feeds of
+one user, and Redis down (no ads, the feed still answers, no click acknowledged)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import httpx
+import pytest
+
+from genrec.ads.inventory import AdInventory
+from genrec.ads.pacing import utc_day
+from genrec.ads.state import AdState
+from genrec.exporters.publish import publish_run
+from genrec.runtime.redis_server import RedisServer
+from tests.integration.test_feed_service import _seed
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("tritonclient.grpc")
+pytest.importorskip("bentoml")
+USERS = [f"u{i}" for i in range(1, 25)]
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_run, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("feed_ads") / "model_repository"
+    publish_run(tiny_run, repo, progress=lambda m: None)
+    assert (repo / "ad_ctr").is_dir() and (repo / "feed_candidates" / "config.pbtxt").exists()
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton(repository, triton_server):
+    s = triton_server(repository)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def own_redis():
+    server = RedisServer(maxmemory="64mb").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tiny_run, repository, triton, own_redis, feed_service):
+    _seed(tiny_run, own_redis.url)
+    return feed_service(
+        GENREC_FEED__TRITON_GRPC_URL=triton.grpc_url,
+        GENREC_FEED__REDIS_URL=own_redis.url,
+        GENREC_FEED__RUN_DIR=str(tiny_run),
+        GENREC_FEED__MODEL_REPOSITORY=str(repository),
+        GENREC_FEED__TRITON_TIMEOUT_S="3.0",
+        GENREC_FEED__SIGNING_KEY="test-signing-key",
+        # a low relevance threshold and floor: tiny's pCTRs are small, and every rule is still checked
+        GENREC_ADS__MIN_ECPM="0.0001",
+        GENREC_ADS__FLOOR_CPC="0.02",
+    )
+
+
+@pytest.fixture(scope="module")
+def http(service):
+    with httpx.Client(base_url=service.url, timeout=20) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def inventory(tiny_run):
+    return AdInventory.from_item_table(tiny_run)
+
+
+def feed(http, user, **body):
+    r = http.post("/v1/feed", json={"user_id": user, **body})
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def ads_of(page):
+    return [i for i in page["items"] if i["type"] == "ad"]
+
+
+def spend(url: str, campaign: int) -> float:
+    async def read() -> float:
+        state = AdState(url, 1.0)
+        try:
+            snap = await state.snapshot("any", [campaign], utc_day(time.time()), time.time())
+            return snap.spend[campaign]
+        finally:
+            await state.close()
+
+    return asyncio.run(read())
+
+
+def first_page_with_an_ad(http) -> tuple[str, dict]:
+    for user in USERS:
+        page = feed(http, user, count=10)
+        if ads_of(page):
+            return user, page
+    raise AssertionError("no seeded user was shown an ad")
+
+
+def test_served_ads_carry_prices_within_the_rules(http, inventory):
+    pages = [feed(http, u, count=10) for u in USERS[:12]]
+    served = [a for p in pages for a in ads_of(p)]
+    assert served, "ads are served to seeded users"
+    for page in pages:
+        assert not page["fallback"] and len(page["items"]) == 10
+        kinds = {i["position"]: i["type"] for i in page["items"]}
+        positions = [i["position"] for i in ads_of(page)]
+        assert sum(p < 5 for p in positions) <= 1
+        for p in positions:
+            assert kinds.get(p - 1) in ("content", None) and kinds.get(p + 1) == "content"
+    for a in served:
+        row = inventory.row(a["id"])
+        assert a["ad"]["campaign"] == int(inventory.campaign[row])
+        assert 0.02 - 1e-9 <= a["ad"]["price_cpc"] <= float(inventory.bid_cpc[row]) + 1e-9
+        assert 0.0 < a["ad"]["pctr"] < 1.0 and a["reason"] == "Sponsored"
+
+
+def test_a_click_is_charged_once_at_its_signed_price(http, own_redis):
+    user, page = first_page_with_an_ad(http)
+    ad = ads_of(page)[0]
+    campaign, price = ad["ad"]["campaign"], ad["ad"]["price_cpc"]
+    before = spend(own_redis.url, campaign)
+    click = {"type": "click", "item_id": ad["id"], "event_token": ad["tracking"]["event_token"], "timestamp": time.time() - 1}
+    r1 = http.post("/v1/events", json={"user_id": user, "events": [click]})
+    r2 = http.post("/v1/events", json={"user_id": user, "events": [click]})  # a retry without a key
+    assert r1.status_code == r2.status_code == 200, (r1.text, r2.text)
+    assert r1.json()["data"]["ad_clicks_charged"] == 1
+    assert spend(own_redis.url, campaign) == pytest.approx(before + price, abs=1e-6)
+    metrics = http.get("/metrics").text
+    assert 'feed_ad_clicks_total{outcome="charged"}' in metrics and 'feed_ad_clicks_total{outcome="duplicate"}' in metrics
+    assert "feed_ad_auctions_total" in metrics and "feed_ad_revenue_total" in metrics
+
+
+def test_frequency_caps_hold_under_parallel_feeds_of_one_user(service, inventory):
+    user = "cap-test-user"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        pages = list(pool.map(lambda _: httpx.post(f"{service.url}/v1/feed", json={"user_id": user, "count": 10}, timeout=30), range(40)))
+    assert all(r.status_code == 200 for r in pages)
+    shown: dict[int, int] = {}
+    for r in pages:
+        for a in ads_of(r.json()["data"]):
+            shown[a["ad"]["campaign"]] = shown.get(a["ad"]["campaign"], 0) + 1
+    assert shown, "a cold user is shown run-of-network ads"
+    for campaign, n in shown.items():
+        assert n <= inventory.campaign_cap(campaign), (campaign, n, inventory.campaign_cap(campaign))
+
+
+def test_redis_down_serves_no_ads_and_acknowledges_no_click(http, own_redis):
+    user, page = first_page_with_an_ad(http)
+    ad = ads_of(page)[0]
+    own_redis.stop()
+    try:
+        down = feed(http, user, count=10)
+        assert len(down["items"]) == 10 and not ads_of(down) and "ads_unavailable" in down["degraded"]
+        click = {"type": "click", "item_id": ad["id"], "event_token": ad["tracking"]["event_token"], "timestamp": time.time() - 1}
+        r = http.post("/v1/events", json={"user_id": user, "events": [click]})
+        assert r.status_code == 503, r.text
+    finally:
+        own_redis.start()
+    deadline = time.time() + 10
+    while "ads_unavailable" in feed(http, USERS[1], count=10)["degraded"]:
+        assert time.time() < deadline, "ads come back by themselves once Redis is back"
+        time.sleep(0.5)
