@@ -116,6 +116,7 @@ class TritonServer:
     ) -> None:
         self.exit_timeout_s = exit_timeout_s
         self.lock = threading.RLock()  # held across a restart, so a supervisor can tell it from an exit
+        self.shm_regions: set[str] = set()  # stubs' /dev/shm regions seen (the watchdog adds to it)
         self.repository = Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.mode = model_control_mode
@@ -209,6 +210,9 @@ class TritonServer:
         whatever is left in the group (stubs included)."""
         if self.proc is None:
             return
+        from genrec.runtime.watchdog import find_stubs
+
+        self.shm_regions.update(s.shm for s in find_stubs(self.proc.pid) if s.shm)
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -224,7 +228,11 @@ class TritonServer:
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            pass
+            return
+        # a killed stub (or a server killed past its exit timeout) leaves its region behind
+        for region in list(self.shm_regions):
+            Path("/dev/shm", region).unlink(missing_ok=True)
+        self.shm_regions.clear()
 
     def restart(self, timeout: float = 300.0) -> None:
         """Stop and start again on the same ports (the watchdog's last resort)."""
@@ -296,6 +304,7 @@ def start_watchdog(server: TritonServer, serving, metrics_port: int = 0):
         restart=server.restart,
         recover_by_reload=server.mode == "explicit",  # the repository API needs explicit model control
         metrics=metrics,
+        shm_regions=server.shm_regions,
     ).start()
 
 

@@ -147,6 +147,7 @@ class Stub:
     version: str
     instance: str  # e.g. recommend_0_0
     alive: bool  # False: a zombie (killed, not yet reaped)
+    shm: str = ""  # its shared-memory region under /dev/shm (left behind when the stub is killed)
 
 
 def parse_stub(pid: int, argv: list[str], state: str) -> Stub | None:
@@ -155,7 +156,8 @@ def parse_stub(pid: int, argv: list[str], state: str) -> Stub | None:
         return None
     path = Path(argv[1])
     instance = argv[8] if len(argv) > 8 else f"{path.parent.parent.name}_?"
-    return Stub(pid, path.parent.parent.name, path.parent.name, instance, state not in ("Z", "X"))
+    shm = argv[2] if len(argv) > 2 and argv[2].startswith("triton_") else ""
+    return Stub(pid, path.parent.parent.name, path.parent.name, instance, state not in ("Z", "X"), shm)
 
 
 def _proc_stat(pid: str) -> tuple[str, int] | None:
@@ -302,6 +304,7 @@ class Watchdog:
     recover_by_reload: bool = True  # False (poll/none control mode): every action is a restart
     metrics: WatchdogMetrics | None = None
     log: Callable[..., None] = log_json
+    shm_regions: set[str] = field(default_factory=set)  # every stub's region seen (the launcher removes leftovers at stop)
     trackers: dict[str, HealthTracker] = field(default_factory=dict)
     _stubs: list[Stub] = field(default_factory=list)
     _counts: dict[str, int | None] = field(default_factory=dict)
@@ -335,6 +338,7 @@ class Watchdog:
         stubs = find_stubs(pid) if pid else []
         lost = lost_stubs(self._stubs, stubs)
         self._stubs = stubs
+        self.shm_regions.update(s.shm for s in stubs if s.shm)
         try:
             ready = self.probe.ready_versions()
         except (ConnectionError, ValueError):

@@ -32,10 +32,14 @@ pytest.importorskip("pymilvus")
 from tritonclient.grpc import aio as grpcaio  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-DEADLINE_S = 2.0  # the client deadline of every request (the feed's default triton_timeout_s)
-# "fails fast": a request queued on the dead instance is refused after the queue timeout (500 ms),
-# one already sent to it after the Python backend's 1 s health poll; later ones at once (no version)
-FAST_S = 1.75
+DEADLINE_S = 3.0  # the client deadline of every request
+# How a request fails while the stub is dead: once the watchdog has unloaded the model, at once
+# (NOT_FOUND, no version loaded); queued on the dead instance, after the queue timeout (500 ms,
+# UNAVAILABLE); sent to the dead stub, after the Python backend's 1 s health poll (INTERNAL). Only
+# the request running as the stub died and the one the scheduler had already picked for it take
+# up to ~2 s (a poll each); nothing waits for its deadline.
+FAST_S = 1.6
+SLOWEST_S = 2.6
 KILLS = 3
 
 
@@ -69,6 +73,7 @@ class Launcher:
     def __init__(self, repository: Path, workdir: Path, **env: str) -> None:
         self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
         self.log = workdir / "launcher.log"
+        self.regions: set[str] = set()  # /dev/shm regions of the stubs this test killed
         state = workdir / "state"
         state.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "genrec.runtime.triton_server", "--repository", str(repository), "--log", str(workdir / "triton.log")]
@@ -107,9 +112,10 @@ class Launcher:
         return pids[0]
 
     def recommend_stub(self) -> int:
-        stubs = [s.pid for s in find_stubs(self.server_pid()) if s.alive and s.model == "recommend"]
+        stubs = [s for s in find_stubs(self.server_pid()) if s.alive and s.model == "recommend"]
         assert len(stubs) == 1, stubs
-        return stubs[0]
+        self.regions.add(stubs[0].shm)
+        return stubs[0].pid
 
     def events(self) -> list[dict]:
         out = []
@@ -231,8 +237,10 @@ def test_stub_sigkill_is_seen_not_ready_recovered_and_requests_fail_fast(launche
         assert r["first_ok_s"] is not None and r["first_ok_s"] < 20.0, r
         failed = [x for x in r["fault"] if x[1] != "OK"]
         assert failed, "the fault went unnoticed by the traffic"
-        # every request failed fast, well within its deadline: nothing waited for a dead stub
-        assert max(x[2] for x in failed) < FAST_S, sorted(failed, key=lambda x: -x[2])[:5]
+        # every request failed well within its deadline: nothing waited for a dead stub
+        slowest = sorted(failed, key=lambda x: -x[2])[:5]
+        assert max(x[2] for x in failed) < SLOWEST_S and len([x for x in failed if x[2] > FAST_S]) <= 2, slowest
+        assert all(x[2] < 0.5 for x in failed if x[1] == "NOT_FOUND"), slowest
         codes = Counter(x[1] for x in failed)
         assert set(codes) <= {"UNAVAILABLE", "NOT_FOUND", "INTERNAL"}, codes
         # INTERNAL only for what ran on the stub as it died (the Python backend's own error),
@@ -242,8 +250,10 @@ def test_stub_sigkill_is_seen_not_ready_recovered_and_requests_fail_fast(launche
         assert len(internal) <= 3, internal
         assert all("no available versions" in x[3] for x in failed if x[1] == "NOT_FOUND")
     # after the last recovery: every request succeeds again
+    # (a request the bounded queue sheds on a busy machine is allowed; a missing or broken model is not)
     after = [x for x in records if x[0] > rounds[-1]["killed"] + rounds[-1]["first_ok_s"] + 0.5]
-    assert after and all(x[1] == "OK" for x in after), Counter(x[1] for x in after)
+    shed = [x for x in after if x[1] == "UNAVAILABLE" and "Request timeout expired" in x[3]]
+    assert after and all(x[1] == "OK" for x in after if x not in shed) and len(shed) <= len(after) // 10, after
 
     assert statistics.median(r["first_ok_s"] for r in rounds) < 10.0, rounds  # the issue's goal
     detected = [e for e in events if e["event"] == "detected"]
@@ -291,6 +301,16 @@ def test_a_flood_is_refused_by_the_bounded_queue_not_queued(launcher):
     assert max(t for _, t in results) < 3.0, sorted(t for _, t in results)[-5:]
     print(f"\nflood of 400: {dict(codes)}, slowest {max(t for _, t in results):.2f} s")
     assert launcher.model_ready() and not [e for e in launcher.events() if e["event"] == "detected" and e["reason"] == "stuck"]
+
+
+def test_stop_after_recoveries_is_quick_and_leaves_no_shared_memory(launcher):
+    """After the kills above (each dead instance stays "live" inside Triton until exit), SIGTERM
+    stops the server within seconds, and the killed stubs' /dev/shm regions are removed."""
+    assert launcher.regions, "run with the SIGKILL test first"
+    took = launcher.stop()
+    print(f"\nstop after {len(launcher.regions)} recoveries: {took:.2f} s")
+    assert took < 10.0
+    assert not [r for r in launcher.regions if Path("/dev/shm", r).exists()]
 
 
 def test_stop_with_a_dead_stub_takes_seconds(tiny_repository, tmp_path):
