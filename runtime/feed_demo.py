@@ -19,6 +19,10 @@ METRIC_PREFIXES = (
     "feed_events_total",
     "feed_fallbacks_total",
     "feed_triton_request_duration_seconds_count",
+    "feed_ad_auctions_total",
+    "feed_ads_served_total",
+    "feed_ad_clicks_total",
+    "feed_ad_revenue_total",
 )
 
 
@@ -61,7 +65,11 @@ def feed(base: str, user: str, count: int) -> dict:
 def print_feed(body: dict) -> None:
     data = body["data"]
     items = data.get("items", [])
-    say(f"request_id {body.get('request_id')}  fallback={data.get('fallback')}  {len(items)} items")
+    kinds = {k: sum(1 for i in items if i.get("type") == k) for k in ("content", "product", "ad")}
+    say(
+        f"request_id {body.get('request_id')}  fallback={data.get('fallback')}  {len(items)} items "
+        f"({kinds['content']} content, {kinds['product']} products, {kinds['ad']} ads)  ab_bucket={data.get('ab_bucket')}"
+    )
     print(f"  {'pos':>3}  {'type':8} {'id':>7} {'score':>8}  {'title':44} reason")
     for it in items:
         it = {**it, **(it.get("display") or {})}  # display fields sit under "display" (or beside the item)
@@ -70,9 +78,11 @@ def print_feed(body: dict) -> None:
             title = ", ".join(f"{f}={it[f]}" for f in EXTRA_FIELDS if it.get(f) not in (None, ""))
         score = it.get("score")
         score_s = f"{score:8.3f}" if isinstance(score, int | float) else f"{'':8}"
-        print(
-            f"  {it.get('position', ''):>3}  {it.get('type', ''):8} {it.get('id', ''):>7} {score_s}  {title[:44]:44} {it.get('reason', '')}"
-        )
+        reason = it.get("reason", "")
+        if isinstance(it.get("ad"), dict):  # an ad: what the auction decided
+            ad = it["ad"]
+            reason = f"{reason}: CPC {ad['price_cpc']:.3f} (bid {ad['bid_cpc']:.2f}, pCTR {ad['pctr']:.4f}, eCPM {ad['ecpm']:.2f})"
+        print(f"  {it.get('position', ''):>3}  {it.get('type', ''):8} {it.get('id', ''):>7} {score_s}  {title[:44]:44} {reason}")
     if data.get("fallback"):
         say(f"note: a FALLBACK feed (popular items), reason {data.get('fallback_reason')}: see the feed log")
 
@@ -86,7 +96,8 @@ def run_demo(base: str, run: Path, user: str | None = None, count: int = 10, tri
     if not items:
         say("the feed is empty: nothing to click")
         return
-    clicked = items[0]
+    ads = [i for i in items if i.get("type") == "ad"]
+    clicked = ads[0] if ads else items[0]  # an ad if the page has one: its click is charged its auction price
     token = (clicked.get("tracking") or {}).get("event_token", "")
     event = {"type": "click", "item_id": clicked["id"], "event_token": token, "timestamp": int(time.time())}
     say(f"POST {base}/v1/events  click on item {clicked['id']} (position {clicked.get('position')}) with its event_token")

@@ -117,7 +117,7 @@ def test_personalised_feed_for_a_seeded_user(http):
     items = data["items"]
     assert len(items) == 12 and [i["position"] for i in items] == list(range(12))
     assert len({i["id"] for i in items}) == 12
-    assert {i["type"] for i in items} <= {"content", "product"}
+    assert {i["type"] for i in items} <= {"content", "product", "ad"}
     products = [i["position"] for i in items if i["type"] == "product"]
     assert all(b - a >= 4 for a, b in zip(products, products[1:]))
     for i in items:

@@ -76,7 +76,7 @@ def test_stack_up_feed_reuse_down(tiny_run, tmp_path):
         assert body["code"] == 0 and body["data"]["fallback"] is False, body  # Triton answered: a personalised feed
         items = body["data"]["items"]
         assert len(items) == 10 and [it["position"] for it in items] == sorted(it["position"] for it in items)
-        assert all(it["type"] in ("content", "product") and it["tracking"]["event_token"] for it in items)
+        assert all(it["type"] in ("content", "product", "ad") and it["tracking"]["event_token"] for it in items)
 
         again = _stack(state, "up", "--config", "tiny", "--run", str(tiny_run))
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
