@@ -62,7 +62,7 @@ class AdOutcome:
     status: str  # "filled" | "empty" | "no_candidates" | "unavailable" | "off"
     eligible: int = 0
     wins: dict[int, AdWin] = field(default_factory=dict)  # item -> its auction result, for placed ads
-    slots: int = 0  # ad positions the density rules offered on this page
+    placed: int = 0  # ads the density rules placed, before the atomic cap record
     cap_races: int = 0  # ads refused by the atomic serve record (a concurrent feed used the cap)
 
 
@@ -166,7 +166,7 @@ class AdServer:
         page = place_ads(organic, wins, count, offset, last_ad, last_product, rules)
         by_item = {w.item: w for w in wins}
         placed = [p for p in page if p.type == "ad"]
-        outcome.slots = len(placed)
+        outcome.placed = len(placed)
         if not placed:
             return page, outcome
         served = [

@@ -75,6 +75,12 @@ RECORDING_RULES = (
     # the calls that answered: a failed call (timeout, unavailable) is recorded under its own
     # outcome and would put the deadline into the P99
     Rule("genrec:feed_triton_seconds:p99_5m", _quantile(0.99, "feed_triton_request_duration_seconds", selector='outcome="ok"')),
+    # fill rate: the share of feed pages whose auction placed an ad
+    Rule(
+        "genrec:feed_ad_fill_rate:rate5m",
+        f'sum(rate(feed_ad_auctions_total{{outcome="filled"}}[{WINDOW}])) / clamp_min(sum(rate(feed_ad_auctions_total{{outcome!="off"}}[{WINDOW}])), 1e-9)',
+    ),
+    Rule("genrec:feed_ad_cpc:avg5m", f"sum(rate(feed_ad_cpc_sum[{WINDOW}])) / clamp_min(sum(rate(feed_ad_cpc_count[{WINDOW}])), 1e-9)"),
 )
 
 
@@ -227,4 +233,42 @@ PANELS = (
         description="Fallback feeds per second by reason, and their share of /v1/feed answers (alert over 1% for 5 minutes).",
     ),
     Panel("Events by outcome", "short", (("{{outcome}}", _per_second("feed_events_total", "outcome")),)),
+    Panel(
+        "Ads: fill rate and auctions",
+        "short",
+        (
+            ("fill rate (pages with an ad)", "genrec:feed_ad_fill_rate:rate5m"),
+            ("auctions {{outcome}} / s", _per_second("feed_ad_auctions_total", "outcome")),
+            ("ads served / s", _per_second("feed_ads_served_total", "bucket")),
+        ),
+        key=True,
+        description="The share of feed pages whose auction placed an ad; auctions by outcome (unavailable = Redis or pCTR down: no ads).",
+    ),
+    Panel(
+        "Ads: revenue, average CPC and eCPM",
+        "short",
+        (
+            ("revenue / s", f"sum(rate(feed_ad_revenue_total[{WINDOW}]))"),
+            ("average CPC", "genrec:feed_ad_cpc:avg5m"),
+            ("average eCPM served", f"sum(rate(feed_ad_ecpm_sum[{WINDOW}])) / clamp_min(sum(rate(feed_ad_ecpm_count[{WINDOW}])), 1e-9)"),
+        ),
+        key=True,
+    ),
+    Panel(
+        "Ads: clicks, refusals and pacing",
+        "short",
+        (
+            ("clicks {{outcome}}", _per_second("feed_ad_clicks_total", "outcome")),
+            ("refused {{reason}}", _per_second("feed_ad_refusals_total", "reason")),
+            ("pacing ratio p50 (actual / target)", _quantile(0.5, "feed_ad_pacing_ratio")),
+        ),
+        description="Clicks charged, duplicate (a retried token) or exhausted (budget spent); candidate ads left out by reason; "
+        "the median campaign's spend against its target curve (1 = on pace).",
+    ),
+    Panel(
+        "recommend versions (canary split)",
+        "reqps",
+        (("{{version}} {{outcome}}", _per_second("feed_triton_request_duration_seconds_count", "version, outcome")),),
+        description="The feed's recommend calls by version: newest, or the previous version's number for users outside the canary.",
+    ),
 )

@@ -216,7 +216,6 @@ class FeedApp:
             metrics.AD_REFUSALS.labels(reason="cap_race").inc(outcome.cap_races)
         for r in ads.pacing_ratios:
             metrics.AD_PACING_RATIO.observe(r)
-        metrics.AD_SLOTS.inc(outcome.slots)
         for w in outcome.wins.values():
             metrics.ADS_SERVED.labels(bucket=str(ads.bucket)).inc()
             metrics.AD_ECPM.observe(w.ecpm * 1000)

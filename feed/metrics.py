@@ -79,7 +79,6 @@ AD_ELIGIBLE = bentoml.metrics.Histogram(
     documentation="Eligible ads per auction (after targeting, caps, budgets and pacing)",
     buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
 )
-AD_SLOTS = bentoml.metrics.Counter(name="feed_ad_slots_total", documentation="Ad positions the density rules allowed on served pages")
 ADS_SERVED = bentoml.metrics.Counter(
     name="feed_ads_served_total", documentation="Ads placed on served pages, by experiment bucket", labelnames=["bucket"]
 )
