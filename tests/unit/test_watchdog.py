@@ -155,3 +155,19 @@ def test_recommend_queue_is_bounded_from_settings_and_an_operator_may_change_the
     (tmp_path / c.name / "config.pbtxt").write_text(text.replace("max_queue_size: 8", "max_queue_size: 32"))
     check_config(tmp_path / c.name, recommend_contract(named_config("tiny", environ={})))  # a deployment knob, not the contract
     assert "default_queue_policy" not in render(recommend_contract(named_config("tiny", environ={"GENREC_SERVING__MAX_QUEUE_SIZE": "0"})))
+
+
+def test_watchdog_counters_are_served_for_prometheus():
+    import urllib.request
+
+    from genrec.runtime.ports import free_port
+    from genrec.runtime.watchdog import WatchdogMetrics
+
+    metrics, port = WatchdogMetrics(), free_port()
+    metrics.serve(port)
+    probe = FakeProbe([Verdict.UNHEALTHY])
+    Watchdog(probe, server_pid=lambda: None, metrics=metrics, log=lambda e, **f: None).tick()  # type: ignore[arg-type]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'genrec_watchdog_detections_total{model="recommend",reason="stub_unhealthy"} 1.0' in text
+    assert 'genrec_watchdog_recoveries_total{action="unload_load",model="recommend",result="ok"} 1.0' in text
