@@ -228,3 +228,23 @@ def test_redis_down_is_store_unavailable_for_every_call():
         assert len(asyncio.run(body())) == 6
     finally:
         server.stop()
+
+
+def test_the_pacing_bench_runs_a_small_day_end_to_end(tmp_path):
+    """``python -m bench.ads_pacing`` on a tiny market (its figures need the full scale): the
+    files, the summary, overspend within one click, retried clicks charged once."""
+    from bench.ads_pacing import main
+
+    assert main(["--campaigns", "5", "--categories", "5", "--auctions", "20000", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ads_pacing.json").read_text())
+    assert (tmp_path / "ads_pacing.png").stat().st_size > 10_000
+    assert len(result["campaigns"]) == 5 and len(result["campaigns"][0]["paced_hourly"]) == 24
+    for mode in ("paced", "unpaced"):
+        s = result["summary"][mode]
+        assert s["overspend_within_one_click"]
+        assert s["charge_outcomes"]["duplicate"] <= s["clicks_retried"]
+        assert s["charge_outcomes"]["charged"] + s["charge_outcomes"]["exhausted"] + s["charge_outcomes"]["duplicate"] == (
+            s["clicks"] + s["clicks_retried"]
+        )
+    assert result["summary"]["unpaced"]["campaigns_out_of_budget"] >= 4  # budgets are under demand
+    assert {"machine", "versions", "settings"} <= set(result)
