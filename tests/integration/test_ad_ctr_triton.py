@@ -148,3 +148,14 @@ def test_a_broken_pctr_version_leaves_the_previous_one_serving_and_rollback_work
     assert rollback(repository, "ad_ctr", server.http_url) == before[-1]
     assert version_numbers(repository / "ad_ctr") == before and _answering_version(client, d, rows) == before[-1]
     np.testing.assert_allclose(via_ensemble(client, calls[1])[2], want, atol=ATOL)
+
+
+def test_publishing_into_the_running_server_moves_ad_ctr_recommend_and_the_ensemble_together(client, server, repository, tiny_run, calls):
+    want = via_ensemble(client, calls[2])
+    before = {m: version_numbers(repository / m)[-1] for m in ("ad_ctr", "recommend")}
+    published = {p.model: p.version for p in publish_run(tiny_run, repository, triton_url=server.http_url, progress=lambda m: None)}
+    assert list(published)[-3:] == ["ad_ctr", "recommend", "feed_candidates"]  # the ensemble last, after both
+    assert all(published[m] == before[m] + 1 for m in before) and published["feed_candidates"] == 1
+    got = via_ensemble(client, calls[2])  # the same run again: the same answer from the new versions
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[2], want[2], atol=ATOL)
