@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -190,7 +190,7 @@ def request_user_vectors(bundle: ModelBundle, ds: Dataset, imp: AdImpressions) -
 # ---- model -----------------------------------------------------------------------------------
 
 
-def network(d_user: int, n_features: int = N_FEATURES, hidden: int = 32, dropout: float = 0.1) -> torch.nn.Module:
+def network(d_user: int, n_features: int = N_FEATURES, hidden: int = 32, dropout: float = 0.1) -> Any:
     """A fresh ``AdCtrNet``: ``forward(user_vector [B, d], ad_features [B, A, F]) -> pctr [B, A]`` (calibrated)."""
     return _network_class()(d_user, n_features, hidden, dropout)
 
@@ -203,6 +203,14 @@ def _network_class() -> type:
 
     class AdCtrNet(nn.Module):
         """``forward(user_vector [B, d], ad_features [B, A, F]) -> pctr [B, A]`` (calibrated)."""
+
+        # buffers (register_buffer), declared for the type checker
+        u_mean: torch.Tensor
+        u_std: torch.Tensor
+        x_mean: torch.Tensor
+        x_std: torch.Tensor
+        calib_scale: torch.Tensor
+        calib_bias: torch.Tensor
 
         def __init__(self, d_user: int, n_features: int = N_FEATURES, hidden: int = 32, dropout: float = 0.1) -> None:
             super().__init__()
@@ -237,7 +245,7 @@ def _network_class() -> type:
 
 @dataclass
 class AdCtrModel:
-    net: torch.nn.Module  # network()
+    net: Any  # network(): an AdCtrNet (its class is built on first use, so it is not nameable here)
     table: AdFeatureTable
     report: dict
 
@@ -341,11 +349,11 @@ def reliability(p: np.ndarray, label: np.ndarray, p_true: np.ndarray, bins: int 
 # ---- training --------------------------------------------------------------------------------
 
 
-def _flat_logits(net: torch.nn.Module, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _flat_logits(net: Any, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return net.logits(users, x[:, None, :])[:, 0]
 
 
-def _logits_of(net: torch.nn.Module, users: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _logits_of(net: Any, users: np.ndarray, x: np.ndarray) -> np.ndarray:
     import torch
 
     net.eval()
@@ -485,7 +493,7 @@ def fit_for_run(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, log
 # ---- files -----------------------------------------------------------------------------------
 
 
-def export_onnx(model: AdCtrModel | torch.nn.Module, path: Path) -> None:
+def export_onnx(model: Any, path: Path) -> None:
     """The ``ad_ctr`` graph: user_vector [batch, d_user], ad_features [batch, ads, F] -> pctr [batch, ads]."""
     import onnx
     import torch
