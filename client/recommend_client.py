@@ -169,6 +169,8 @@ class _Call:
         return {
             "model_name": MODEL,
             "inputs": _grpc_inputs(module, self.tensors),
+            # named, so the server sends only these (recommend can also emit user_vector)
+            "outputs": [module.InferRequestedOutput("items"), module.InferRequestedOutput("scores")],
             "model_version": self.version,
             "request_id": self.rid,
             "parameters": self.params or None,
