@@ -252,7 +252,9 @@ def recommend_contract(cfg: Config) -> ModelContract:
         ),
         caps={"events": p.max_history_events, "excluded": p.max_excluded_items, "top_k": p.prerank_keep},
         backend="python",
-        versions_kept=1,  # a recommend version pins its graph versions; only the newest set serves
+        # the newest two serve: the feed's canary split sends a share of users to the newest and
+        # the rest to the previous one (each pins its own graph versions, which keep two as well)
+        versions_kept=2,
         instances=RECOMMEND_INSTANCES,
         max_queue_size=cfg.serving.max_queue_size,
         queue_timeout_us=cfg.serving.queue_timeout_ms * 1000,

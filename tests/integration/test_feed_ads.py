@@ -15,7 +15,8 @@ import pytest
 from genrec.ads.inventory import AdInventory
 from genrec.ads.pacing import utc_day
 from genrec.ads.state import AdState
-from genrec.exporters.publish import publish_run
+from genrec.exporters.publish import publish_run, version_numbers
+from genrec.feed.canary import pick_version
 from genrec.runtime.redis_server import RedisServer
 from tests.integration.test_feed_service import _seed
 
@@ -60,6 +61,9 @@ def service(tiny_run, repository, triton, own_redis, feed_service):
         # a low relevance threshold and floor: tiny's pCTRs are small, and every rule is still checked
         GENREC_ADS__MIN_ECPM="0.0001",
         GENREC_ADS__FLOOR_CPC="0.02",
+        # the canary test publishes a second version at the end; until then one version serves all
+        GENREC_FEED__CANARY_SHARE="0.5",
+        GENREC_FEED__VERSIONS_REFRESH_S="1",
     )
 
 
@@ -168,3 +172,19 @@ def test_redis_down_serves_no_ads_and_acknowledges_no_click(http, own_redis):
     while "ads_unavailable" in feed(http, USERS[1], count=10)["degraded"]:
         assert time.time() < deadline, "ads come back by themselves once Redis is back"
         time.sleep(0.5)
+
+
+def test_a_second_version_is_split_by_the_canary_share_and_metrics_by_version(http, tiny_run, repository, triton):
+    """Last in the module: it publishes a second run into the running server (the ML engineer's
+    drop-in), and the feed splits users between the two recommend versions (share 0.5)."""
+    assert feed(http, USERS[0])["model_version"] == "newest"
+    publish_run(tiny_run, repository, triton.http_url, progress=lambda m: None)
+    assert version_numbers(repository / "recommend")[-2:] == [1, 2]
+    time.sleep(1.5)  # the feed reads the ready versions every second here
+    users = [f"canary-{i}" for i in range(40)]
+    served = {u: feed(http, u, count=5)["model_version"] for u in users}
+    expected = {u: pick_version(u, [1, 2], 0.5) or "newest" for u in users}
+    assert served == expected, "each user is on the version its stable hash picks"
+    assert set(served.values()) == {"newest", "1"}, "both versions serve a share of users"
+    metrics = http.get("/metrics").text
+    assert 'version="1"' in metrics and 'version="newest"' in metrics, "the feed's Triton metrics are split by version"

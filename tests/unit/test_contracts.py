@@ -43,7 +43,7 @@ def test_recommend_config_is_a_python_model_with_optional_inputs_and_documented_
         assert ("optional: true" in block) == t.optional
     for name in ("beam_width", "ann_candidates", "max_candidates", "top_k", "excluded_items"):
         assert f"# request parameter {name}:" in text
-    assert "num_versions: 1" in text
+    assert "num_versions: 2" in text, "the previous recommend version keeps serving the canary's control group"
 
 
 def test_feed_candidates_is_an_ensemble_whose_steps_compose():
