@@ -49,7 +49,7 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -265,12 +265,13 @@ def summarise(budgets: np.ndarray, bids: np.ndarray, curve: TrafficCurve, paced:
             "charge_outcomes": run["outcomes"],
             "seconds": round(run["seconds"], 1),
         }
-    out_h = unpaced["out_minute"][unpaced["out_minute"] >= 0] / 60.0
-    out["unpaced"]["out_of_budget_hour"] = (
-        {"p10": float(np.percentile(out_h, 10)), "median": float(np.median(out_h)), "p90": float(np.percentile(out_h, 90))}
-        if out_h.size
-        else None
-    )
+    for name, run in (("paced", paced), ("unpaced", unpaced)):
+        out_h = run["out_minute"][run["out_minute"] >= 0] / 60.0
+        out[name]["out_of_budget_hour"] = (
+            {"p10": float(np.percentile(out_h, 10)), "median": float(np.median(out_h)), "p90": float(np.percentile(out_h, 90))}
+            if out_h.size
+            else None
+        )
     return out
 
 
@@ -316,10 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-share", type=float, nargs=2, default=(0.35, 0.65), help="budget = U(lo, hi) x the campaign's demand")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=0.20)
+    p.add_argument("--horizon-s", type=int, default=None, help="pacing horizon (default: AdsConfig.pacing_horizon_s)")
+    p.add_argument("--smoothing-s", type=int, default=None, help="demand EMA time constant (default: AdsConfig.pacing_smoothing_s)")
     p.add_argument("--out", type=Path, default=OUT, help="folder for ads_pacing.json and ads_pacing.png")
     a = p.parse_args(argv)
     started, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     cfg = AdsConfig()
+    cfg = replace(cfg, pacing_horizon_s=a.horizon_s or cfg.pacing_horizon_s, pacing_smoothing_s=a.smoothing_s or cfg.pacing_smoothing_s)
     curve = TrafficCurve(DIURNAL)
     rng = np.random.default_rng(a.seed)
     market = make_market(a.campaigns, a.categories, 3, rng, cfg.floor_cpc)
@@ -420,9 +424,10 @@ def print_table(summary: dict, tol: float) -> None:
         print(f"{'charge answers: ' + outcome:44s} {paced:>10d} {unpaced:>10d}")
     clicks = summary["paced"]["charged_clicks_per_campaign"]
     print(f"paced: charged clicks per campaign min {clicks['min']}, p10 {clicks['p10']:.0f}, median {clicks['median']:.0f}")
-    out = summary["unpaced"]["out_of_budget_hour"]
-    if out:
-        print(f"unpaced: out of budget at hour p10 {out['p10']:.1f}, median {out['median']:.1f}, p90 {out['p90']:.1f}")
+    for mode in ("paced", "unpaced"):
+        out = summary[mode]["out_of_budget_hour"]
+        if out:
+            print(f"{mode}: out of budget at hour p10 {out['p10']:.1f}, median {out['median']:.1f}, p90 {out['p90']:.1f}")
 
 
 if __name__ == "__main__":
