@@ -9,6 +9,6 @@ step() { echo "[lint] $*"; "$@"; }
 step "$BIN/ruff" check .
 step "$BIN/ruff" format --check .
 step "$BIN/python" scripts/typecheck.py
-step "$BIN/vermin" -q -t=3.10- --violations --eval-annotations --no-tips genrec ensemble exporters client runtime feed
+step "$BIN/vermin" -q -t=3.10- --violations --eval-annotations --no-tips genrec ensemble exporters client runtime feed ads
 step "$BIN/hadolint" Dockerfile
 echo "[lint] ok"
