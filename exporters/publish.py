@@ -361,11 +361,10 @@ def publish_run(
             path, parity = ad_ctr
             out.append(publish_file(Path(repository), ad_ctr_contract(cfg), path, manifest(parity), triton_url))
             progress(f"[publish] ad_ctr -> version {out[-1].version} (max abs err {parity['max_abs_err']:.2e})")
-        out.append(
-            publish_recommend(
-                Path(repository), bundle, pinned, {"source_run": str(run), "source_config": cfg.name, "versions": versions()}, triton_url
-            )
-        )
+        rec_manifest: dict = {"source_run": str(run), "source_config": cfg.name, "versions": versions()}
+        if ad_ctr:  # the pCTR model reads this version's user vector: the feed pairs them (feed/canary.py)
+            rec_manifest["ad_ctr_version"] = out[-1].version
+        out.append(publish_recommend(Path(repository), bundle, pinned, rec_manifest, triton_url))
         progress(f"[publish] recommend -> version {out[-1].version} (pins {pinned})")
         if ad_ctr:
             from genrec.contracts import feed_candidates_contract

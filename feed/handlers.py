@@ -17,7 +17,7 @@ from genrec.ads.state import AdState, Click
 from genrec.data.schema import ItemKind
 from genrec.feed import metrics
 from genrec.feed.blend import Placed, blend, last_product_position, reason_for
-from genrec.feed.canary import VersionRouter
+from genrec.feed.canary import NEWEST, VersionRouter
 from genrec.feed.catalogue import FeedCatalogue
 from genrec.feed.cursor import Cursor, CursorCodec, CursorError
 from genrec.feed.envelope import ErrorKind, FeedError
@@ -77,8 +77,12 @@ class FeedApp:
         negatives = state.negatives if state else []
         excluded = list(dict.fromkeys(list(cursor.seen) + negatives))
         ctx_device = DEVICES.get(device, 0)
-        version = await self.versions.version_for(user_id) if self.versions is not None else ""
+        route = await self.versions.route(user_id) if self.versions is not None else NEWEST
+        version = route.recommend
         ads = await self._ad_candidates(user_id, history.items if state else None, bucket, ad_every, now, excluded, degraded)
+        if ads is not None and route.ad_ctr is None:  # no pCTR model known to pair with this recommend version
+            ads = None
+            degraded.append("ads_unavailable")
         fallback: str | None = None
         timing: dict[str, str] = {}
         pctr = None
@@ -86,16 +90,25 @@ class FeedApp:
         try:
             if ads is not None and ads.rows.size:
                 candidates, pctr, seconds = await self.triton.recommend_with_ads(
-                    user_id, history, segment, ctx_device, asked, self.cfg.candidates, ads.features, version, self.ads_ensemble
+                    user_id,
+                    history,
+                    segment,
+                    ctx_device,
+                    asked,
+                    self.cfg.candidates,
+                    ads.features,
+                    version,
+                    self.ads_ensemble and route.ensemble,
+                    route.ad_ctr or "",
                 )
             else:
                 candidates, seconds = await self.triton.recommend(
                     user_id, history, segment, ctx_device, asked, self.cfg.candidates, version
                 )
-            metrics.TRITON.labels(outcome="ok", version=version or "newest").observe(seconds)
+            metrics.TRITON.labels(outcome="ok", version=route.label).observe(seconds)
             timing = {"x-triton-ms": f"{seconds * 1e3:.2f}"}  # lets callers and bench.feed_latency split the time
         except RecommendFailed as e:
-            metrics.TRITON.labels(outcome=e.reason, version=version or "newest").observe(e.seconds)
+            metrics.TRITON.labels(outcome=e.reason, version=route.label).observe(e.seconds)
             fallback = f"triton_{e.reason}"
             metrics.FALLBACKS.labels(reason=fallback).inc()
             log_event(log, logging.WARNING, "recommend failed; serving the fallback feed", reason=e.reason, detail=str(e)[:300])
@@ -121,7 +134,7 @@ class FeedApp:
         mode = "fallback" if fallback else ("cold_start" if len(history) == 0 else "personal")
         data = self._page_data(user_id, cursor, page, history, mode, fallback, degraded, now, outcome, bucket)
         if self.versions is not None:
-            data["model_version"] = version or "newest"
+            data["model_version"] = route.label
         for p in page:
             metrics.ITEMS.labels(type=p.type).inc()
         if cursor.page > 0 and state is not None:
@@ -168,7 +181,7 @@ class FeedApp:
                     "bid_cpc": round(win.bid, 4),
                     "pctr": round(win.pctr, 6),
                     "ecpm": round(win.ecpm * 1000, 4),
-                    "price_cpc": round(win.price, 4),
+                    "price_cpc": round(win.price, 6),  # what the token signs and a click is charged (micro-units)
                 }
             items.append(item)
         nxt = self.cursors.following(
@@ -269,18 +282,28 @@ class FeedApp:
     async def _charge(self, plan: BatchPlan, now: float) -> None:
         """Charge the batch's ad clicks (each once per event token, in its campaign's slot) and
         note how many are charged. Raises StoreUnavailable: nothing of the batch is then
-        acknowledged, and a retry cannot charge twice."""
-        if not plan.ad_clicks or self.ads is None or self.ad_state is None:
+        acknowledged, and a retry cannot charge twice. Not charged, and counted as such: a click
+        past the attribution window (``click_window_s``), on a campaign no longer in the
+        catalogue, or while ads are off."""
+        if not plan.ad_clicks:
             return
         by_day: dict[str, list[tuple[AdClick, Click]]] = {}
         for c in plan.ad_clicks:
+            if self.ads is None or self.ad_state is None:
+                metrics.AD_CLICKS.labels(outcome="ads_off").inc()
+                continue
+            if now - c.issued_at > self.ads.cfg.click_window_s:
+                metrics.AD_CLICKS.labels(outcome="late").inc()
+                continue
             try:
                 budget = self.ads.inventory.campaign_budget(c.claim.campaign)
-            except KeyError:  # a campaign no longer in the catalogue: nothing to charge
+            except KeyError:
+                metrics.AD_CLICKS.labels(outcome="unknown_campaign").inc()
                 continue
             by_day.setdefault(utc_day(c.issued_at), []).append((c, Click(c.claim.campaign, c.token_digest, c.claim.price, budget)))
         charged = 0
         for day, clicks in by_day.items():
+            assert self.ad_state is not None
             outcomes = await self.ad_state.charge_clicks([k for _, k in clicks], day, now)
             for (c, _), outcome in zip(clicks, outcomes):
                 metrics.AD_CLICKS.labels(outcome=outcome).inc()

@@ -89,7 +89,7 @@ AD_ECPM = bentoml.metrics.Histogram(
 )
 AD_CLICKS = bentoml.metrics.Counter(
     name="feed_ad_clicks_total",
-    documentation="Ad clicks by outcome: charged, duplicate (token already charged), exhausted (budget spent: not charged)",
+    documentation="Ad clicks by outcome: charged, duplicate (token already charged), exhausted (budget spent), late (past the attribution window), unknown_campaign, ads_off (the last four: recorded, not charged)",
     labelnames=["outcome"],
 )
 AD_REVENUE = bentoml.metrics.Counter(

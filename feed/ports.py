@@ -71,4 +71,5 @@ class Recommender(Protocol):
         ad_features: np.ndarray,
         version: str = "",
         ensemble: bool = True,
+        ad_ctr_version: str = "",
     ) -> tuple[list[tuple[int, float]], np.ndarray | None, float]: ...

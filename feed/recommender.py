@@ -37,10 +37,14 @@ class TritonRecommender:
         except Exception:
             return False
 
-    async def ready_versions(self) -> list[int]:
-        """The ``recommend`` versions Triton has ready (the canary split picks among them)."""
+    async def ready_versions(self) -> dict[str, list[int]]:
+        """The ``recommend`` and ``ad_ctr`` versions Triton has ready (the canary routes among them)."""
         index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
-        return sorted(int(m["version"]) for m in index.get("models", []) if m.get("name") == MODEL and m.get("state") == "READY")
+        out: dict[str, list[int]] = {MODEL: [], AD_CTR: []}
+        for m in index.get("models", []):
+            if m.get("name") in out and m.get("state") == "READY":
+                out[m["name"]].append(int(m["version"]))
+        return {k: sorted(v) for k, v in out.items()}
 
     async def recommend(
         self, user_id: str, h: History, segment: int, device: int, excluded: list[int], top_k: int, version: str = ""
@@ -61,23 +65,40 @@ class TritonRecommender:
         ad_features: np.ndarray,
         version: str = "",
         ensemble: bool = True,
+        ad_ctr_version: str = "",
     ) -> tuple[list[tuple[int, float]], np.ndarray | None, float]:
         """The organic candidates and the pCTR of each ``ad_features`` row (None when only the ads
         part failed: the page is served without ads). ``ensemble``: one round trip through
-        ``feed_candidates``; else ``recommend`` (with its user vector), then ``ad_ctr``."""
+        ``feed_candidates`` (newest recommend and newest ad_ctr); else ``recommend`` (with its user
+        vector), then ``ad_ctr`` at ``ad_ctr_version``. When the ads part fails the organic
+        candidates are still asked for, within what is left of the deadline."""
         t0 = time.perf_counter()
         inputs = _recommend_inputs(user_id, h, segment, device, excluded)
         ads = _input("ad_features", ad_features[None].astype(np.float32), "FP32")
         if ensemble and not version:
-            r = await self._infer(FEED_CANDIDATES, [*inputs, ads], ("items", "scores", "pctr"), top_k, "", t0)
-            return _candidates(r), _pctr(r), time.perf_counter() - t0
-        r = await self._infer(MODEL, inputs, ("items", "scores", "user_vector"), top_k, version, t0)
+            try:
+                r = await self._infer(FEED_CANDIDATES, [*inputs, ads], ("items", "scores", "pctr"), top_k, "", t0)
+                return _candidates(r), _pctr(r), time.perf_counter() - t0
+            except RecommendFailed as e:
+                if e.reason == "timeout":
+                    raise
+                # ad_ctr refusing or down fails the whole ensemble: the organic feed must not
+                r = await self._infer(MODEL, inputs, ("items", "scores"), top_k, "", t0)
+                return _candidates(r), None, time.perf_counter() - t0
+        try:
+            r = await self._infer(MODEL, inputs, ("items", "scores", "user_vector"), top_k, version, t0)
+        except RecommendFailed as e:
+            if e.reason != "rejected":
+                raise
+            # a version published before recommend had a user_vector output: organic only
+            r = await self._infer(MODEL, inputs, ("items", "scores"), top_k, version, t0)
+            return _candidates(r), None, time.perf_counter() - t0
         candidates, user_vector = _candidates(r), r.as_numpy("user_vector")
         if user_vector is None:
             return candidates, None, time.perf_counter() - t0
         try:
             vec = _input("user_vector", user_vector.reshape(1, -1).astype(np.float32), "FP32")
-            a = await self._infer(AD_CTR, [vec, ads], ("pctr",), None, "", t0)
+            a = await self._infer(AD_CTR, [vec, ads], ("pctr",), None, ad_ctr_version, t0)
             return candidates, _pctr(a), time.perf_counter() - t0
         except RecommendFailed:
             return candidates, None, time.perf_counter() - t0
@@ -87,9 +108,12 @@ class TritonRecommender:
     ) -> grpcclient.InferResult:
         outputs = [grpcclient.InferRequestedOutput(n) for n in names]
         parameters = {"top_k": top_k} if top_k is not None else None
+        left = self.timeout_s - (time.perf_counter() - t0)  # one deadline for the whole feed request's calls
+        if left <= 0.01:
+            raise RecommendFailed("timeout", f"no time left for {model} within the {self.timeout_s} s deadline", time.perf_counter() - t0)
         try:
             return await self.client.infer(
-                model, inputs, model_version=version, outputs=outputs, parameters=parameters, client_timeout=self.timeout_s
+                model, inputs, model_version=version, outputs=outputs, parameters=parameters, client_timeout=left
             )
         except InferenceServerException as e:
             status = str(e.status() or "")

@@ -108,7 +108,7 @@ def build_app() -> FeedApp:
         EventTokens(CFG.signing_key, CFG.event_token_ttl_s),
         ads=ads,
         ad_state=ad_state,
-        versions=VersionRouter(CFG.canary_share, triton.ready_versions, CFG.versions_refresh_s),
+        versions=VersionRouter(CFG.canary_share, triton.ready_versions, Path(CFG.model_repository), CFG.versions_refresh_s),
         ads_ensemble=ADS.ensemble,
     )
 

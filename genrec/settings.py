@@ -259,6 +259,10 @@ class AdsConfig:
     pacing_p_min: float = 0.001  # floor of the serve probability of a campaign ahead of its curve
     state_ttl_s: int = 172_800  # caps, spend, charged tokens, served impressions: 2 days
     served_cap: int = 200  # served-ad impression records kept per user
+    # a click is billed only within this time of the serve (the attribution window); later clicks
+    # are recorded, not charged. Below state_ttl_s by a day, so a click's charged-token set (kept
+    # for state_ttl_s from the serve day) still exists whenever the click can be charged.
+    click_window_s: int = 86_400
     # experiments: a stable hash of the user picks one of `ab_buckets` ad-load policies
     # (the `ad_every` of each bucket); a request may name its bucket
     ab_buckets: tuple[int, ...] = (5, 8)
@@ -270,6 +274,15 @@ class AdsConfig:
     ctr_hidden: int = 32
     ctr_epochs: int = 40
     ctr_patience: int = 4
+
+    def __post_init__(self) -> None:
+        if self.served_cap < 1:
+            raise ValueError(f"ads.served_cap={self.served_cap}: at least 1 (the served-impression list is capped by it)")
+        if self.click_window_s + 86_400 > self.state_ttl_s:
+            raise ValueError(
+                f"ads.click_window_s={self.click_window_s} must stay a day under ads.state_ttl_s={self.state_ttl_s}: "
+                "a click charged after its token set expired could be charged twice"
+            )
 
 
 @dataclass(frozen=True)
