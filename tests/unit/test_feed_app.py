@@ -88,7 +88,9 @@ class FakeRecommender:
         ranked = [i for i in range(N_ITEMS) if i not in set(excluded)][:top_k]
         return [(i, 1.0 - i / N_ITEMS) for i in ranked], 0.002
 
-    async def recommend_with_ads(self, user_id, h, segment, device, excluded, top_k, ad_features, version="", ensemble=True, ad_ctr_version=""):
+    async def recommend_with_ads(
+        self, user_id, h, segment, device, excluded, top_k, ad_features, version="", ensemble=True, ad_ctr_version=""
+    ):
         candidates, seconds = await self.recommend(user_id, h, segment, device, excluded, top_k, version)
         self.ad_rows.append(len(ad_features))
         return candidates, None if self.pctr is None else np.full(len(ad_features), self.pctr), seconds
