@@ -39,14 +39,25 @@ class Tracking(_Answer):
     trace_id: str = ""
 
 
+class AdInfo(_Answer):
+    """What the auction decided for an ad: its click is charged ``price_cpc``."""
+
+    campaign: int
+    bid_cpc: float
+    pctr: float
+    ecpm: float  # per thousand impressions
+    price_cpc: float
+
+
 class FeedItem(_Answer):
-    type: str
+    type: str  # content | product | ad
     id: int
     score: float = 0.0
     position: int = 0
     reason: str | None = None
     display: dict[str, Any] = Field(default_factory=dict)
     tracking: Tracking
+    ad: AdInfo | None = None  # set on ads
 
 
 class FeedPage(_Answer):
@@ -58,6 +69,8 @@ class FeedPage(_Answer):
     fallback_reason: str | None = None
     cold_start: bool = False
     degraded: list[str] = Field(default_factory=list)
+    ab_bucket: int | None = None
+    model_version: str | None = None
     request_id: str = ""
     replayed: bool = False  # a stored page served again (same cursor)
 

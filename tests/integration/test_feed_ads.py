@@ -177,14 +177,18 @@ def test_redis_down_serves_no_ads_and_acknowledges_no_click(http, own_redis):
 def test_a_second_version_is_split_by_the_canary_share_and_metrics_by_version(http, tiny_run, repository, triton):
     """Last in the module: it publishes a second run into the running server (the ML engineer's
     drop-in), and the feed splits users between the two recommend versions (share 0.5)."""
-    assert feed(http, USERS[0])["model_version"] == "newest"
+    assert feed(http, USERS[0])["model_version"] == "1"
     publish_run(tiny_run, repository, triton.http_url, progress=lambda m: None)
     assert version_numbers(repository / "recommend")[-2:] == [1, 2]
     time.sleep(1.5)  # the feed reads the ready versions every second here
     users = [f"canary-{i}" for i in range(40)]
-    served = {u: feed(http, u, count=5)["model_version"] for u in users}
-    expected = {u: pick_version(u, [1, 2], 0.5) or "newest" for u in users}
+    pages = {u: feed(http, u, count=5) for u in users}
+    served = {u: p["model_version"] for u, p in pages.items()}
+    expected = {u: pick_version(u, [1, 2], 0.5) or "2" for u in users}
     assert served == expected, "each user is on the version its stable hash picks"
-    assert set(served.values()) == {"newest", "1"}, "both versions serve a share of users"
+    assert set(served.values()) == {"2", "1"}, "both versions serve a share of users"
+    for version in ("1", "2"):  # each scored by the ad_ctr published with it (the control group through two calls)
+        assert any(ads_of(p) for u, p in pages.items() if served[u] == version), f"no ads for users on version {version}"
+        assert all("ads_unavailable" not in p["degraded"] for p in pages.values())
     metrics = http.get("/metrics").text
-    assert 'version="1"' in metrics and 'version="newest"' in metrics, "the feed's Triton metrics are split by version"
+    assert 'version="1"' in metrics and 'version="2"' in metrics, "the feed's Triton metrics are split by version"

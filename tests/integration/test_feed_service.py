@@ -72,6 +72,7 @@ def service(tiny_run, repository, triton, own_redis, feed_service):
         GENREC_FEED__MODEL_REPOSITORY=str(repository),
         GENREC_FEED__TRITON_TIMEOUT_S=str(TRITON_TIMEOUT_S),
         GENREC_FEED__SIGNING_KEY="test-signing-key",
+        GENREC_ADS__ENABLED="false",  # the organic feed alone here; ads: tests/integration/test_feed_ads.py
     )
 
 
