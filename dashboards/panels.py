@@ -185,6 +185,7 @@ PANELS = (
             ("recommend {{reason}}", _per_second("genrec_recommend_rejected_total", "reason")),
             ("feed {{status}}", _per_second("feed_http_requests_total", "status", 'status=~"[45].."')),
             ("redis {{operation}}", _per_second("feed_redis_errors_total", "operation")),
+            ("ANN unavailable: generation alone", "sum(rate(genrec_ann_unavailable_total[1m]))"),
         ),
     ),
     Panel(

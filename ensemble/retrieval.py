@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger("genrec.ann")
 
 
 class AnnIndex(Protocol):
@@ -44,3 +49,46 @@ def search_excluding(index: AnnIndex, vectors: np.ndarray, k: int, excluded: lis
             row = row[~np.isin(row, ex)]
         out.append(row[:k])
     return out
+
+
+class FailSoftIndex:
+    """An ``AnnIndex`` that answers no neighbours while the index behind it fails (Milvus down, the
+    milvus-lite process killed, a server URI that stops answering), so ``recommend`` is served from
+    generation alone instead of failing; ``failures`` counts those searches (the
+    ``genrec_ann_unavailable_total`` metric). The index is rebuilt (``make``) at most every
+    ``retry_s`` until it answers again. It is built eagerly: a model version whose index cannot be
+    built at load does not load (the previous version keeps serving)."""
+
+    def __init__(self, make: Callable[[], AnnIndex], retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._make, self.retry_s, self._clock = make, retry_s, clock
+        self.index: AnnIndex | None = make()
+        self.failures = 0
+        self._retry_at = 0.0
+
+    def _unavailable(self, rows: int, why: str) -> tuple[np.ndarray, np.ndarray]:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 100 == 0:
+            log.warning("ANN unavailable (%s): serving from generation alone (%d searches so far)", why, self.failures)
+        return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0), dtype=np.float32)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.atleast_2d(vectors).shape[0]
+        if self.index is None:
+            if self._clock() < self._retry_at:
+                return self._unavailable(rows, "waiting to rebuild")
+            self._retry_at = self._clock() + self.retry_s
+            try:
+                self.index = self._make()
+                log.warning("ANN index rebuilt after %d failed searches", self.failures)
+            except Exception as e:
+                return self._unavailable(rows, f"rebuild failed: {type(e).__name__}: {e}")
+        try:
+            return self.index.search(vectors, k)
+        except Exception as e:
+            self.index, self._retry_at = None, self._clock() + self.retry_s
+            return self._unavailable(rows, f"{type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        close = getattr(self.index, "close", None)
+        if close is not None:
+            close()

@@ -60,6 +60,9 @@ CACHE_ENTRIES = MetricSpec(
 )
 BEAMS_PRUNED = MetricSpec("genrec_beams_pruned_total", COUNTER, "Beam continuations masked by the catalogue trie or the excluded items")
 REJECTED = MetricSpec("genrec_recommend_rejected_total", COUNTER, "Requests refused with an error (label reason)")
+ANN_UNAVAILABLE = MetricSpec(
+    "genrec_ann_unavailable_total", COUNTER, "Requests served from generation alone because the ANN index (Milvus) did not answer"
+)
 
 ALL = (
     STAGE_SECONDS,
@@ -73,6 +76,7 @@ ALL = (
     CACHE_ENTRIES,
     BEAMS_PRUNED,
     REJECTED,
+    ANN_UNAVAILABLE,
 )
 
 FamilyFactory = Callable[[MetricSpec], Any]  # spec -> object with .Metric(labels=..., [buckets=...])
@@ -84,6 +88,7 @@ class ServingMetrics:
         self.labels = labels
         self._metrics: dict[tuple[str, tuple], Any] = {}
         self._seen = CacheStats()
+        self._ann_failures_seen = 0
 
     def _metric(self, spec: MetricSpec, **extra: str) -> Any:
         key = (spec.name, tuple(sorted(extra.items())))
@@ -115,6 +120,12 @@ class ServingMetrics:
                 self._metric(CACHE_BYTES).set(float(cache.bytes))
                 self._metric(CACHE_ENTRIES).set(float(cache.entries))
             self._seen = CacheStats(cache.hits, cache.misses, cache.evictions, cache.bytes, cache.entries, cache.errors)
+
+    def ann_failures(self, total: int) -> None:
+        """The ANN index's failed searches so far (``FailSoftIndex.failures``), counted once each."""
+        if total > self._ann_failures_seen:
+            self._metric(ANN_UNAVAILABLE).increment(float(total - self._ann_failures_seen))
+            self._ann_failures_seen = total
 
     def rejected(self, reason: str) -> None:
         self._metric(REJECTED, reason=reason).increment(1.0)

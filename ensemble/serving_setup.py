@@ -19,7 +19,7 @@ from genrec.contracts import all_contracts
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_decoder import Runner
-from genrec.ensemble.retrieval import AnnIndex, ExactIndex
+from genrec.ensemble.retrieval import AnnIndex, ExactIndex, FailSoftIndex
 from genrec.ensemble.serving_pipeline import ServingPipeline, StateCache
 from genrec.settings import AnnBackend, Config, Execution, StateStore, config_from_dict, env_overrides, with_overrides
 
@@ -67,7 +67,8 @@ def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
         state = Path(s.state_dir or tempfile.mkdtemp(prefix="genrec-"))
         state.mkdir(parents=True, exist_ok=True)
         uri = str(state / f"milvus-{instance}-{os.getpid()}.db")
-    return MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=s.milvus_token)
+    # Milvus failing at run time serves generation alone (counted) and is reconnected; see FailSoftIndex
+    return FailSoftIndex(lambda: MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=s.milvus_token))
 
 
 def make_state_store(cfg: Config) -> StateCache | None:

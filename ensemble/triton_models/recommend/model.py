@@ -84,6 +84,7 @@ class TritonPythonModel:
             return self._internal(request, e)
         cache = self.pipeline.encoder_cache
         self.metrics.record(rec, None if cache is None else cache.stats)
+        self.metrics.ann_failures(getattr(self.pipeline.ann, "failures", 0))  # Milvus down: generation alone
         outputs = [pb_utils.Tensor("items", rec.items.astype(np.int64)), pb_utils.Tensor("scores", rec.scores.astype(np.float32))]
         wanted = request.requested_output_names()  # empty: every output (KServe)
         if not wanted or "user_vector" in wanted:  # the feed_candidates ensemble passes it on to ad_ctr

@@ -1,0 +1,80 @@
+"""Milvus failing at run time: ``recommend`` is served from generation alone (no neighbours,
+counted), and the index is rebuilt once the retry time has passed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genrec.ensemble.retrieval import ExactIndex, FailSoftIndex, search_excluding
+from genrec.ensemble.serving_metrics import ANN_UNAVAILABLE, ServingMetrics
+
+VECTORS = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+
+
+class Flaky:
+    def __init__(self) -> None:
+        self.down = False
+        self.inner = ExactIndex(VECTORS)
+
+    def search(self, vectors, k):
+        if self.down:
+            raise ConnectionError("milvus-lite process is gone")
+        return self.inner.search(vectors, k)
+
+
+def test_a_failing_index_answers_no_neighbours_counts_and_is_rebuilt_after_the_retry_time():
+    now = [0.0]
+    built: list[Flaky] = []
+
+    def make() -> Flaky:
+        if built and built[-1].down and now[0] < 10:
+            raise ConnectionError("still down")
+        built.append(Flaky())
+        return built[-1]
+
+    ann = FailSoftIndex(make, retry_s=5.0, clock=lambda: now[0])
+    q = VECTORS[:1]
+    assert len(search_excluding(ann, q, 5, [None])[0]) == 5
+    built[-1].down = True
+    assert search_excluding(ann, q, 5, [None])[0].size == 0, "no neighbours: generation alone"
+    now[0] = 3.0
+    assert search_excluding(ann, q, 5, [None])[0].size == 0 and len(built) == 1, "no rebuild before retry_s"
+    now[0] = 6.0
+    assert search_excluding(ann, q, 5, [None])[0].size == 0, "the rebuild fails while Milvus is down"
+    now[0] = 12.0
+    assert len(search_excluding(ann, q, 5, [None])[0]) == 5 and len(built) == 2, "rebuilt once Milvus answers"
+    assert ann.failures == 3
+
+
+def test_an_index_that_cannot_be_built_at_load_fails_the_load():
+    def make():
+        raise ConnectionError("no milvus")
+
+    with pytest.raises(ConnectionError):
+        FailSoftIndex(make)
+
+
+def test_the_failures_become_a_counter():
+    counted: list[float] = []
+
+    class Fam:
+        def __init__(self, spec):
+            self.spec = spec
+
+        def Metric(self, labels, buckets=None):  # noqa: N802 (pb_utils' spelling)
+            fam = self
+
+            class M:
+                def increment(self, v):
+                    if fam.spec is ANN_UNAVAILABLE:
+                        counted.append(v)
+
+            return M()
+
+    m = ServingMetrics(Fam, {})
+    m.ann_failures(0)
+    m.ann_failures(3)
+    m.ann_failures(3)
+    m.ann_failures(4)
+    assert counted == [3.0, 1.0]
