@@ -91,6 +91,7 @@ class AdState:
         pacing: PacingController | None = None,
         ttl_s: int = AdsConfig.state_ttl_s,
         served_cap: int = AdsConfig.served_cap,
+        campaign_cache_s: float = 0.0,
     ) -> None:
         """``pacing``: the throttle ``snapshot`` applies and keeps up to date (None: no pacing,
         every probability is 1). ``ttl_s``: lifetime of the per-day keys (2 days: yesterday's
@@ -110,6 +111,10 @@ class AdState:
         self.pacing = pacing
         self.ttl_s = ttl_s
         self.served_cap = served_cap
+        # campaign rows (spend, throttle) read at most every campaign_cache_s of the caller's
+        # clock per process: they only filter eligibility (the charge script enforces budgets)
+        self.campaign_cache_s = campaign_cache_s
+        self._campaigns: dict[tuple[int, str], tuple[float, float, float]] = {}  # (c, day) -> (spend, p, read at)
         self._record = self.writes.register_script(_script("record_served.lua"))
         self._charge = self.writes.register_script(_script("charge_click.lua"))
         self._pace = self.writes.register_script(_script("pace.lua"))
@@ -117,7 +122,15 @@ class AdState:
     @classmethod
     def from_config(cls, cfg: AdsConfig, url: str, timeout_s: float) -> AdState:
         pacing = PacingController.from_config(cfg) if cfg.pacing else None
-        return cls(url, timeout_s, cfg.key_prefix, pacing=pacing, ttl_s=cfg.state_ttl_s, served_cap=cfg.served_cap)
+        return cls(
+            url,
+            timeout_s,
+            cfg.key_prefix,
+            pacing=pacing,
+            ttl_s=cfg.state_ttl_s,
+            served_cap=cfg.served_cap,
+            campaign_cache_s=cfg.campaign_cache_s,
+        )
 
     def cap_key(self, user_id: str, day: str) -> str:
         return user_key(self.prefix, user_id, f"cap:{day}")
@@ -147,21 +160,34 @@ class AdState:
         pipelined read (not atomic: a cap is enforced by ``record_served``, a budget by
         ``charge_click``). A campaign whose throttle is due gets a new one (``lua/pace.lua``,
         compare-and-set). Its budget: ``budgets[c]``, else the one its last click recorded; a
-        campaign with neither has had no click today and is served at p = 1."""
+        campaign with neither has had no click today and is served at p = 1. A campaign's row is
+        read at most every ``campaign_cache_s`` of ``now`` in this process (the cap counts, per
+        user, every time)."""
         campaigns = [int(c) for c in campaigns]
         if not campaigns:
             return AdSnapshot({}, {}, {})
+        cached = {c: v for c in campaigns if (v := self._campaigns.get((c, day))) is not None and now - v[2] < self.campaign_cache_s}
+        stale = [c for c in campaigns if c not in cached]
         async with self.redis.pipeline(transaction=False) as p:
             p.hmget(self.cap_key(user_id, day), [str(c) for c in campaigns])
-            for c in campaigns:
+            for c in stale:
                 p.hmget(self.spend_key(c, day), list(_SPEND_FIELDS))
             caps, *rows = await p.execute()
         cap_counts = {c: int(n or 0) for c, n in zip(campaigns, caps)}
-        spend = {c: _num(row[0]) / MICROS for c, row in zip(campaigns, rows)}
+        spend = {c: _num(row[0]) / MICROS for c, row in zip(stale, rows)}
         if self.pacing is None:
-            return AdSnapshot(cap_counts, spend, {c: 1.0 for c in campaigns})
-        probability, due = await self._paced(campaigns, rows, day, now, budgets or {})
-        return AdSnapshot(cap_counts, spend, probability | due)
+            probability = {c: 1.0 for c in stale}
+        else:
+            paced, due = await self._paced(stale, rows, day, now, budgets or {})
+            probability = paced | due
+        if self.campaign_cache_s > 0:
+            if any(d != day for _, d in self._campaigns):  # a new day: yesterday's rows are done
+                self._campaigns = {k: v for k, v in self._campaigns.items() if k[1] == day}
+            for c in stale:
+                self._campaigns[(c, day)] = (spend[c], probability[c], now)
+        for c, (s, pr, _) in cached.items():
+            spend[c], probability[c] = s, pr
+        return AdSnapshot(cap_counts, spend, probability)
 
     async def _paced(
         self, campaigns: list[int], rows: list[list[Any]], day: str, now: float, budgets: Mapping[int, float]

@@ -259,6 +259,9 @@ class AdsConfig:
     pacing_p_min: float = 0.001  # floor of the serve probability of a campaign ahead of its curve
     state_ttl_s: int = 172_800  # caps, spend, charged tokens, served impressions: 2 days
     served_cap: int = 200  # served-ad impression records kept per user
+    # each feed process reads a campaign's spend and throttle at most this often (they only
+    # filter eligibility: the charge script enforces the budget atomically); 0 = every request
+    campaign_cache_s: float = 1.0
     # a click is billed only within this time of the serve (the attribution window); later clicks
     # are recorded, not charged. Below state_ttl_s by a day, so a click's charged-token set (kept
     # for state_ttl_s from the serve day) still exists whenever the click can be charged.

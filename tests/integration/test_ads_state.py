@@ -177,6 +177,21 @@ def test_snapshot_without_pacing_serves_every_campaign(make):
     assert _run(make, lambda s: s.snapshot("u", [], DAY, T0)).cap_counts == {}
 
 
+def test_campaign_rows_are_read_at_most_once_per_cache_period_and_caps_every_time(make):
+    async def body(s: AdState):
+        first = await s.snapshot("u", [21], DAY, T0, {21: 5.0})
+        await s.charge_click(21, DAY, "tok", 1.0, 5.0, T0)
+        await s.record_served("u", DAY, [_ad(21)], TTL, T0)
+        cached = await s.snapshot("u", [21], DAY, T0 + 0.5, {21: 5.0})
+        fresh = await s.snapshot("u", [21], DAY, T0 + 1.0, {21: 5.0})
+        return first, cached, fresh
+
+    first, cached, fresh = _run(lambda: make(pacing=None, campaign_cache_s=1.0), body)
+    assert first.spend == {21: 0.0} and cached.spend == {21: 0.0}, "within the period the spend read is reused"
+    assert cached.cap_counts == {21: 1}, "the user's cap counts are read on every request"
+    assert fresh.spend == {21: 1.0}, "after the period the row is read again"
+
+
 def test_the_keys_of_each_script_share_one_cluster_slot(make, redis_url, prefix):
     s = make()
     user, campaign = "user:42@x", 1234
