@@ -23,6 +23,14 @@ HTTP_TO_GRPC = {
 }
 RETRYABLE_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 RETRYABLE_HTTP = frozenset({429, 503})
+# Triton's answer while a model it knows has no loaded version: the watchdog's unload + load of a
+# crashed instance (a few seconds, runtime/README.md "Operations: faults"). Transient, unlike a
+# model name that does not exist ("... is not found").
+RELOADING = "has no available versions"
+
+
+def is_reloading(message: str) -> bool:
+    return RELOADING in message
 
 
 class ClientError(Exception):

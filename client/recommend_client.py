@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from genrec.client.errors import HTTP_TO_GRPC, RETRYABLE_GRPC, RETRYABLE_HTTP, RecommendError
+from genrec.client.errors import HTTP_TO_GRPC, RETRYABLE_GRPC, RETRYABLE_HTTP, RecommendError, is_reloading
 from genrec.client.retry import RetryPolicy, parse_retry_after
 
 MODEL = "recommend"
@@ -86,7 +86,7 @@ def _grpc_error(e: Exception, request_id: str) -> RecommendError:
     status = str(getattr(e, "status", lambda: "")() or "")
     code = status.rsplit(".", 1)[-1] if status else "UNKNOWN"
     msg = getattr(e, "message", lambda: str(e))() or str(e)
-    return RecommendError(msg, code=code, request_id=request_id, retryable=code in RETRYABLE_GRPC)
+    return RecommendError(msg, code=code, request_id=request_id, retryable=code in RETRYABLE_GRPC or is_reloading(msg))
 
 
 def _http_error(status: int, body: bytes, headers: Any, request_id: str) -> RecommendError:
@@ -99,7 +99,7 @@ def _http_error(status: int, body: bytes, headers: Any, request_id: str) -> Reco
         code=HTTP_TO_GRPC.get(status, "UNKNOWN" if status < 500 else "INTERNAL"),
         status=status,
         request_id=request_id,
-        retryable=status in RETRYABLE_HTTP,
+        retryable=status in RETRYABLE_HTTP or is_reloading(msg),
         retry_after_s=parse_retry_after(headers.get("retry-after")),
     )
 

@@ -204,6 +204,18 @@ def test_recommend_over_http_maps_triton_errors(scripted):
     assert len(h.seen) == 2 and h.seen[0]["body"]["id"] == "r-9"
 
 
+def test_a_model_being_reloaded_is_retried_and_an_unknown_one_is_not(scripted):
+    url, h = scripted
+    h.script += [
+        (404, {}, {"error": "Request for unknown model: 'recommend' has no available versions"}),  # the watchdog's reload
+        (404, {}, {"error": "Request for unknown model: 'recommend' is not found"}),
+    ]
+    with pytest.raises(RecommendError) as e:
+        RecommendClient(url, "http", retry=RetryPolicy(**FAST)).recommend([1], [0], [1.7e9], [0])
+    assert len(h.seen) == 2, "the reloading answer was retried, the unknown model was not"
+    assert e.value.code == "NOT_FOUND" and not e.value.retryable
+
+
 def test_connection_refused_is_retried_then_raised_as_unavailable(free_port):
     waits: list[float] = []
     policy = RetryPolicy(attempts=3, on_retry=lambda s: waits.append(1.0), **FAST)
