@@ -59,11 +59,31 @@ class FailSoftIndex:
     ``retry_s`` until it answers again. It is built eagerly: a model version whose index cannot be
     built at load does not load (the previous version keeps serving)."""
 
-    def __init__(self, make: Callable[[], AnnIndex], retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        make: Callable[[], AnnIndex],
+        retry_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        build_attempts: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._make, self.retry_s, self._clock = make, retry_s, clock
-        self.index: AnnIndex | None = make()
+        self.index: AnnIndex | None = self._first_build(build_attempts, sleep)
         self.failures = 0
         self._retry_at = 0.0
+
+    def _first_build(self, attempts: int, sleep: Callable[[float], None]) -> AnnIndex:
+        # milvus-lite can fail to start when several instances start at once (two recommend
+        # versions loading together: "Mmap manager has not been init"); a second try succeeds
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._make()
+            except Exception as e:
+                if attempt == attempts:
+                    raise
+                log.warning("building the ANN index failed (%s: %s); try %d of %d in 1 s", type(e).__name__, e, attempt + 1, attempts)
+                sleep(1.0)
+        raise AssertionError("unreachable")
 
     def _unavailable(self, rows: int, why: str) -> tuple[np.ndarray, np.ndarray]:
         self.failures += 1

@@ -47,12 +47,29 @@ def test_a_failing_index_answers_no_neighbours_counts_and_is_rebuilt_after_the_r
     assert ann.failures == 3
 
 
-def test_an_index_that_cannot_be_built_at_load_fails_the_load():
+def test_an_index_that_cannot_be_built_at_load_fails_the_load_after_its_attempts():
+    tries = []
+
     def make():
+        tries.append(1)
         raise ConnectionError("no milvus")
 
     with pytest.raises(ConnectionError):
-        FailSoftIndex(make)
+        FailSoftIndex(make, build_attempts=3, sleep=lambda s: None)
+    assert len(tries) == 3
+
+
+def test_a_first_build_that_fails_once_is_retried():
+    tries = []
+
+    def make():
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("Mmap manager has not been init")
+        return ExactIndex(VECTORS)
+
+    ann = FailSoftIndex(make, sleep=lambda s: None)
+    assert len(tries) == 2 and len(search_excluding(ann, VECTORS[:1], 3, [None])[0]) == 3
 
 
 def test_the_failures_become_a_counter():
