@@ -71,12 +71,14 @@ def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
     return FailSoftIndex(lambda: MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=s.milvus_token))
 
 
-def make_state_store(cfg: Config) -> StateCache | None:
+def make_state_store(cfg: Config, encoder_graph: Path | None = None) -> StateCache | None:
+    """``encoder_graph``: the pinned encoder's file; shared (Redis) states are keyed by its digest."""
     s = cfg.serving
     if s.state_store is StateStore.REDIS:
-        from genrec.ensemble.state_store import RedisEncoderCache
+        from genrec.ensemble.state_store import RedisEncoderCache, encoder_tag
 
-        return RedisEncoderCache(s.redis_url, s.state_ttl_s, timeout_s=s.state_store_timeout_s)
+        tag = encoder_tag(encoder_graph) if encoder_graph is not None else ""
+        return RedisEncoderCache(s.redis_url, s.state_ttl_s, weights=tag, timeout_s=s.state_store_timeout_s)
     return EncoderCache(s.encoder_cache_bytes) if s.encoder_cache_bytes > 0 else None
 
 
@@ -93,5 +95,5 @@ def build_pipeline(setup: ServingSetup, bls: Runner | None = None, instance: str
         outputs = setup.outputs()
         run = OnnxSessionRunner({m: setup.graph_path(m) for m in outputs}, outputs, cfg.serving.ort_threads)
     catalogue = Catalogue.load(setup.version_dir)
-    cache = make_state_store(cfg)
+    cache = make_state_store(cfg, setup.graph_path("ugt_encoder"))
     return ServingPipeline(cfg, catalogue, run, make_ann(cfg, catalogue, instance), cache, kv_cache=cfg.serving.kv_cache)

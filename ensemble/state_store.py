@@ -14,6 +14,9 @@ the request does not fail.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from genrec.data.schema import History
 from genrec.ensemble.encoder_cache import CacheStats, history_fingerprint
 from genrec.ensemble.encoder_state import EncoderState
@@ -21,12 +24,24 @@ from genrec.ensemble.encoder_state import EncoderState
 FINGERPRINT_BYTES = 32  # hex digest of history_fingerprint
 
 
+def encoder_tag(graph: Path) -> str:
+    """A short digest of the encoder graph's bytes: the key space of its states in Redis."""
+    digest = hashlib.sha256()
+    with open(graph, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 class RedisEncoderCache:
-    def __init__(self, url: str, ttl_s: int, prefix: str = "genrec:encoder-state:", timeout_s: float = 0.05) -> None:
+    def __init__(self, url: str, ttl_s: int, weights: str = "", timeout_s: float = 0.05) -> None:
+        """``weights`` names the encoder graph the states were computed with (``encoder_tag``):
+        a state is only valid for those weights, so two versions served side by side (canary,
+        rollback) each see their own states and never each other's."""
         import redis
 
         self.redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.ttl_s, self.prefix = ttl_s, prefix
+        self.ttl_s, self.prefix = ttl_s, f"genrec:encoder-state:{weights}:"
         self.stats = CacheStats(bytes=None, entries=None)
 
     def _key(self, user: str) -> str:

@@ -62,3 +62,21 @@ def test_an_unreachable_redis_is_a_miss_not_a_failure(tiny_bundle, requests_):
     got = pipe.recommend(_with_user(r, "nobody"))
     np.testing.assert_array_equal(got.items, ReferencePipeline(tiny_bundle).recommend(r).items)
     assert down.stats.errors >= 1 and down.stats.misses == 1
+
+
+def test_states_of_other_encoder_weights_are_never_read(tiny_bundle, requests_, redis_url, tmp_path):
+    """Two recommend versions share one Redis during a canary: each must see only its own states."""
+    from genrec.ensemble.state_store import encoder_tag
+
+    old, new = tmp_path / "old.onnx", tmp_path / "new.onnx"
+    old.write_bytes(b"weights of version 1")
+    new.write_bytes(b"weights of version 2")
+    assert encoder_tag(old) != encoder_tag(new) and encoder_tag(old) == encoder_tag(old)
+    v1 = ReferencePipeline(tiny_bundle, encoder_cache=RedisEncoderCache(redis_url, ttl_s=60, weights=encoder_tag(old)))
+    v2 = ReferencePipeline(tiny_bundle, encoder_cache=RedisEncoderCache(redis_url, ttl_s=60, weights=encoder_tag(new)))
+    r = _with_user(requests_[0], "canary-user")
+    v1.recommend(r)
+    v2.recommend(r)
+    assert v1.encoder_cache.stats.misses == 1 and v2.encoder_cache.stats.misses == 1 and v2.encoder_cache.stats.hits == 0
+    v2.recommend(r)
+    assert v2.encoder_cache.stats.hits == 1
