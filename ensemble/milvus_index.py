@@ -68,4 +68,13 @@ class MilvusIndex:
         return ids, scores
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.client.close()
+        finally:
+            if self.uri.endswith(".db"):
+                # milvus-lite keeps one server per file for the process's lifetime: a server that died
+                # (killed, crashed) stays registered and every reconnect goes to its dead socket, so
+                # it is released here and the next MilvusIndex on this file starts a fresh one
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)

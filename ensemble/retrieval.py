@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -55,8 +56,8 @@ class FailSoftIndex:
     """An ``AnnIndex`` that answers no neighbours while the index behind it fails (Milvus down, the
     milvus-lite process killed, a server URI that stops answering), so ``recommend`` is served from
     generation alone instead of failing; ``failures`` counts those searches (the
-    ``genrec_ann_unavailable_total`` metric). The index is rebuilt (``make``) at most every
-    ``retry_s`` until it answers again. It is built eagerly: a model version whose index cannot be
+    ``genrec_ann_unavailable_total`` metric). The index is rebuilt (``make``) in the background at
+    most every ``retry_s`` until it answers again. It is built eagerly: a model version whose index cannot be
     built at load does not load (the previous version keeps serving)."""
 
     def __init__(
@@ -66,8 +67,12 @@ class FailSoftIndex:
         clock: Callable[[], float] = time.monotonic,
         build_attempts: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
+        """``spawn`` runs a rebuild (default: a daemon thread; tests pass a synchronous call)."""
         self._make, self.retry_s, self._clock = make, retry_s, clock
+        self._spawn = spawn or (lambda job: threading.Thread(target=job, name="ann-rebuild", daemon=True).start())
+        self._rebuilding = False
         self.index: AnnIndex | None = self._first_build(build_attempts, sleep)
         self.failures = 0
         self._retry_at = 0.0
@@ -93,20 +98,41 @@ class FailSoftIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows = np.atleast_2d(vectors).shape[0]
-        if self.index is None:
-            if self._clock() < self._retry_at:
-                return self._unavailable(rows, "waiting to rebuild")
-            self._retry_at = self._clock() + self.retry_s
-            try:
-                self.index = self._make()
-                log.warning("ANN index rebuilt after %d failed searches", self.failures)
-            except Exception as e:
-                return self._unavailable(rows, f"rebuild failed: {type(e).__name__}: {e}")
+        index = self.index
+        if index is None:
+            if not self._rebuilding and self._clock() >= self._retry_at:
+                self._retry_at, self._rebuilding = self._clock() + self.retry_s, True
+                self._spawn(self._rebuild)
+            index = self.index  # set already when the rebuild ran synchronously
+            if index is None:
+                return self._unavailable(rows, "rebuilding" if self._rebuilding else "waiting to rebuild")
         try:
-            return self.index.search(vectors, k)
+            return index.search(vectors, k)
         except Exception as e:
-            self.index, self._retry_at = None, self._clock() + self.retry_s
+            self._discard()
+            self._retry_at = self._clock() + self.retry_s
             return self._unavailable(rows, f"{type(e).__name__}: {e}")
+
+    def _rebuild(self) -> None:
+        # off the request path: starting milvus-lite and loading the collection takes 1-2 s, which
+        # would hold this instance's queue past its timeout; requests meanwhile get no neighbours
+        try:
+            self.index = self._make()
+            log.warning("ANN index rebuilt after %d failed searches", self.failures)
+        except Exception as e:
+            log.warning("rebuilding the ANN index failed (%s: %s); next try in %.0f s", type(e).__name__, e, self.retry_s)
+        finally:
+            self._rebuilding = False
+
+    def _discard(self) -> None:
+        """Drop the failed index, releasing what it holds (a dead milvus-lite server's registration)."""
+        index, self.index = self.index, None
+        close = getattr(index, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as e:  # closing a dead connection may fail too; the rebuild does not need it
+                log.warning("closing the failed ANN index: %s: %s", type(e).__name__, e)
 
     def close(self) -> None:
         close = getattr(self.index, "close", None)

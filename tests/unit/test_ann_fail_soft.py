@@ -33,7 +33,7 @@ def test_a_failing_index_answers_no_neighbours_counts_and_is_rebuilt_after_the_r
         built.append(Flaky())
         return built[-1]
 
-    ann = FailSoftIndex(make, retry_s=5.0, clock=lambda: now[0])
+    ann = FailSoftIndex(make, retry_s=5.0, clock=lambda: now[0], spawn=lambda job: job())
     q = VECTORS[:1]
     assert len(search_excluding(ann, q, 5, [None])[0]) == 5
     built[-1].down = True
@@ -95,3 +95,28 @@ def test_the_failures_become_a_counter():
     m.ann_failures(3)
     m.ann_failures(4)
     assert counted == [3.0, 1.0]
+
+
+def test_a_failed_index_is_closed_before_it_is_rebuilt():
+    """A killed milvus-lite server stays registered in its process until the failed index is closed:
+    without the close every rebuild would reconnect to the dead server's socket."""
+    closed: list[bool] = []
+
+    class Closing(Flaky):
+        def close(self) -> None:
+            closed.append(True)
+            raise ConnectionError("closing a dead connection fails too")
+
+    built: list[Closing] = []
+
+    def make() -> Closing:
+        built.append(Closing())
+        return built[-1]
+
+    now = [0.0]
+    ann = FailSoftIndex(make, retry_s=5.0, clock=lambda: now[0], spawn=lambda job: job())
+    built[-1].down = True
+    assert search_excluding(ann, VECTORS[:1], 5, [None])[0].size == 0
+    assert closed == [True] and ann.index is None, "the failing index is released even when its close raises"
+    now[0] = 6.0
+    assert len(search_excluding(ann, VECTORS[:1], 5, [None])[0]) == 5 and len(built) == 2
