@@ -11,13 +11,22 @@ the ``ad_ctr`` version published with it (``ad_ctr_version`` in the recommend ve
 only when the newest ``recommend`` was published with the newest ``ad_ctr`` (not after a
 rollback of one of them, nor for the canary's control group); otherwise the feed makes the two
 calls itself with both versions named. A version whose pairing is unknown gets no ads (closed).
+
+Deploy warm-up: a ``recommend`` version that becomes ready while the router is running is
+*held* (nobody is routed to it) until its warm-up (``warmup.py``: its encoder states built for
+the recently active users) finished or ran out of its budget; meanwhile everyone is on the
+version before it, named explicitly ("" would be Triton's newest, the held one), through the
+two-call ads path (the ``feed_candidates`` ensemble pairs the newest). The versions ready at the
+router's first read are served as they are (a restarted feed process finds Triton warm).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,14 +66,23 @@ def paired_ad_ctr(repository: Path | None, recommend_version: int) -> int | None
         return None
 
 
-def route_for(user_id: str, ready: dict[str, list[int]], share: float, pairs: Callable[[int], int | None]) -> Route:
-    recs, ctrs = sorted(ready.get(RECOMMEND, [])), sorted(ready.get(AD_CTR, []))
-    if not recs:
+def route_for(
+    user_id: str,
+    ready: dict[str, list[int]],
+    share: float,
+    pairs: Callable[[int], int | None],
+    held: Collection[int] = (),
+) -> Route:
+    """``held``: recommend versions being warmed, routed to nobody (unless nothing else is ready)."""
+    loaded, ctrs = sorted(ready.get(RECOMMEND, [])), sorted(ready.get(AD_CTR, []))
+    if not loaded:
         return NEWEST
+    recs = [v for v in loaded if v not in held] or loaded
     version = pick_version(user_id, recs, share)
     rec = int(version) if version else recs[-1]
+    newest = rec == loaded[-1]  # Triton's newest: the only one "" and the ensemble reach
+    version = "" if newest else str(rec)
     paired = pairs(rec)
-    newest = not version
     if paired is None:  # a repository of before the pairing, or not readable here: trust only newest-with-newest
         return Route(version, "" if newest else None, newest, str(rec))
     if paired not in ctrs:
@@ -72,20 +90,57 @@ def route_for(user_id: str, ready: dict[str, list[int]], share: float, pairs: Ca
     return Route(version, str(paired), newest and bool(ctrs) and paired == ctrs[-1], str(rec))
 
 
+def newly_ready(known: Collection[int] | None, ready: list[int]) -> list[int]:
+    """The recommend versions to hold for a warm-up: those ready now and not at the last read,
+    when another version is ready to serve meanwhile (``known`` None: the first read)."""
+    if known is None:
+        return []
+    new = [v for v in ready if v not in known]
+    return new if len(ready) > len(new) else []
+
+
 @dataclass
 class VersionRouter:
     """The ready versions, read from Triton at most every ``refresh_s`` (a version published or
     retired shows up within that time); the read happens on the request path but only when due.
     Until a first read succeeds nobody is routed to a named version, and with ``share`` 0 (the
-    rollback) the newest is not trusted either: ads are then off for everyone (no pairing known)."""
+    rollback) the newest is not trusted either: ads are then off for everyone (no pairing known).
+
+    ``warm``: started in the background for each newly ready recommend version, which is held
+    until it returns (or raises); None: no hold. Between Triton loading a version and the
+    router's next read (up to ``refresh_s``), requests that ask for "" still reach it."""
 
     share: float
     read_ready: Callable[[], Awaitable[dict[str, list[int]]]]
     repository: Path | None = None
     refresh_s: float = 10.0
+    warm: Callable[[int], Awaitable[object]] | None = None
     _ready: dict[str, list[int]] = field(default_factory=dict)
     _pairs: dict[int, int | None] = field(default_factory=dict)
     _read_at: float = float("-inf")
+    _known: set[int] | None = None  # recommend versions seen at the last read (None: none yet)
+    _warming: dict[int, asyncio.Task[object]] = field(default_factory=dict)
+
+    @property
+    def held(self) -> frozenset[int]:
+        return frozenset(self._warming)
+
+    def _release(self, version: int, task: asyncio.Task[object]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed warm-up releases the version like a finished one
+        if self._warming.get(version) is task:
+            del self._warming[version]
+
+    def _on_read(self, ready: dict[str, list[int]]) -> None:
+        recs = sorted(ready.get(RECOMMEND, []))
+        if self.warm is not None:
+            for v in newly_ready(self._known, recs):
+                task = asyncio.ensure_future(self.warm(v))
+                task.add_done_callback(functools.partial(self._release, v))
+                self._warming[v] = task
+        for v in [v for v in self._warming if v not in recs]:  # retired while warming: stop
+            self._warming.pop(v).cancel()
+        self._known = set(recs)
 
     def _pair(self, version: int) -> int | None:
         if version not in self._pairs:
@@ -98,8 +153,9 @@ class VersionRouter:
             self._read_at = now
             try:
                 self._ready = await self.read_ready()
+                self._on_read(self._ready)
             except Exception:  # keep the last known versions; the recommend call reports the outage
                 pass
         if not self._ready.get(RECOMMEND):
             return NEWEST if self.share > 0 else Route("", None, False, "newest")
-        return route_for(user_id, self._ready, self.share, self._pair)
+        return route_for(user_id, self._ready, self.share, self._pair, self.held)

@@ -3,12 +3,20 @@ records and served feed pages. Key schema, TTLs and memory per user: feed/README
 
 Every key of a user carries the hash tag ``{u:<user_id>}``, so all keys one script touches
 sit on one Redis Cluster slot. An events batch is one Lua script (``lua/apply_events.lua``).
+
+Recently active users (read by the deploy warm-up, ``warmup.py``): reading a user's state also
+stamps the user in a sorted set by last-seen time, in the same round trip. The index is
+sharded over ``ACTIVE_SHARDS`` keys with hash tags of their own (``feed:active:{a<k>}``), so on
+a Redis Cluster it spreads over slots instead of making one hot key, and each shard is trimmed
+to its share of ``active_users_cap`` on every write.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import time
+import zlib
 from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -24,12 +32,21 @@ from genrec.feed.history import unpack
 from genrec.feed.ports import BatchResult, StoreUnavailable, UserState
 
 PREFIX = "feed"
+ACTIVE_SHARDS = 16  # fixed: changing it moves users between keys (the index refills within a visit)
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 def user_key(user_id: str, suffix: str) -> str:
     return f"{PREFIX}:{{u:{user_id}}}:{suffix}"
+
+
+def active_key(shard: int) -> str:
+    return f"{PREFIX}:active:{{a{shard}}}"
+
+
+def active_shard(user_id: str) -> int:
+    return zlib.crc32(user_id.encode()) % ACTIVE_SHARDS
 
 
 def _script(name: str) -> str:
@@ -51,7 +68,14 @@ def _store_call(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coro
 
 class EventStore:
     def __init__(
-        self, url: str, timeout_s: float, history_cap: int, impression_cap: int, relation_cap: int, idempotency_ttl_s: int
+        self,
+        url: str,
+        timeout_s: float,
+        history_cap: int,
+        impression_cap: int,
+        relation_cap: int,
+        idempotency_ttl_s: int,
+        active_users_cap: int = 0,  # 0: no recently-active index
     ) -> None:
         # reads: one retry, on a connection error only: a pooled connection broken by a Redis
         # restart is replaced instead of failing the request (recovery without a restart)
@@ -69,6 +93,7 @@ class EventStore:
         self.impression_cap = impression_cap
         self.relation_cap = relation_cap
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.active_per_shard = -(-active_users_cap // ACTIVE_SHARDS)
         self._apply = self.writes.register_script(_script("apply_events.lua"))
 
     @_store_call
@@ -92,13 +117,36 @@ class EventStore:
         return BatchResult("replay", json.loads(answer) if answer is not None else {})
 
     @_store_call
-    async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int) -> UserState:
+    async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int, mark_active: bool = True) -> UserState:
+        """The user's history, negatives and segment; ``mark_active`` also stamps the user in the
+        recently-active index in the same round trip (its failure, e.g. an OOM refusal, is
+        ignored: the index is best effort, the read is not)."""
         async with self.redis.pipeline(transaction=False) as p:
             p.lrange(user_key(user_id, "h"), 0, -1)
             p.zrevrange(user_key(user_id, "neg"), 0, max_negatives - 1)
             p.hget(user_key(user_id, "p"), "seg")
-            records, neg, seg = await p.execute()
+            if mark_active and self.active_per_shard > 0:
+                key = active_key(active_shard(user_id))
+                p.zadd(key, {user_id: time.time()})
+                p.zremrangebyrank(key, 0, -self.active_per_shard - 1)
+            out = await p.execute(raise_on_error=False)
+        for r in out[:3]:
+            if isinstance(r, Exception):
+                raise r
+        records, neg, seg = out[:3]
         return UserState(unpack(records, n_items, n_devices), [int(i) for i in neg], int(seg) if seg is not None else 0)
+
+    @_store_call
+    async def recently_active(self, limit: int) -> list[str]:
+        """Up to ``limit`` user ids, the most recently seen first (one round trip over the shards)."""
+        if limit <= 0:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for k in range(ACTIVE_SHARDS):
+                p.zrevrange(active_key(k), 0, limit - 1, withscores=True)
+            shards = await p.execute()
+        seen = sorted(((float(t), bytes(u).decode()) for shard in shards for u, t in shard), reverse=True)
+        return [u for _, u in seen[:limit]]
 
     @_store_call
     async def apply_batch(self, user_id: str, idempotency_key: str | None, body_hash: str, plan: BatchPlan, now: float) -> BatchResult:

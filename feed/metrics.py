@@ -110,3 +110,22 @@ AD_REFUSALS = bentoml.metrics.Counter(
     documentation="Candidate ads left out, by reason: frequency_cap, budget, pacing, cap_race (refused by the atomic serve record)",
     labelnames=["reason"],
 )
+
+
+# Deploy warm-up (feed/warmup.py): a new recommend version's encoder states built before traffic
+# moves to it. Outcomes from fixed sets; never a user id or a version number.
+WARMUP_USERS = bentoml.metrics.Counter(
+    name="feed_warmup_users_total",
+    documentation="Users warmed on a newly ready recommend version, by outcome: warmed, failed (Redis or Triton), skipped (no history)",
+    labelnames=["outcome"],
+)
+WARMUP_RUNS = bentoml.metrics.Counter(
+    name="feed_warmup_runs_total",
+    documentation="Warm-ups of a newly ready recommend version, by how they ended: done, budget (ran out of time), no_users, error (index unreadable)",
+    labelnames=["outcome"],
+)
+WARMUP_DURATION = bentoml.metrics.Histogram(
+    name="feed_warmup_duration_seconds",
+    documentation="How long a new recommend version was held for its warm-up",
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)

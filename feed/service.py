@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from genrec.ads.inventory import AdInventory
 from genrec.ads.serving import AdServer
 from genrec.ads.state import AdState
+from genrec.feed import metrics
 from genrec.feed.canary import VersionRouter
 from genrec.feed.catalogue import FeedCatalogue, latest_run
 from genrec.feed.cursor import MAX_CURSOR_CHARS, CursorCodec
@@ -29,9 +31,11 @@ from genrec.feed.handlers import FeedAnswer, FeedApp
 from genrec.feed.http import FeedMiddleware, items_app
 from genrec.feed.logs import feed_logger, log_event, request_id_var
 from genrec.feed.metrics import bounded_exposition
+from genrec.feed.ports import UserState
 from genrec.feed.recommender import TritonRecommender
 from genrec.feed.signing import DEV_SIGNING_KEY
 from genrec.feed.tokens import EventTokens
+from genrec.feed.warmup import WarmupPlan, WarmupReport, warm_version
 from genrec.settings import Config, env_overrides, with_overrides
 
 _SETTINGS = with_overrides(Config(), {k: v for k, v in env_overrides().items() if k.split(".")[0] in ("feed", "ads")})
@@ -84,8 +88,11 @@ def build_app() -> FeedApp:
         CFG.max_impressions,
         CFG.max_relations,
         CFG.idempotency_ttl_s,
+        CFG.active_users_cap,
     )
     triton = TritonRecommender(CFG.triton_grpc_url, CFG.triton_timeout_s)
+    n_devices, max_excluded = int(manifest["n_devices"]), int(pipeline["max_excluded_items"])
+    warm = build_warmer(store, triton, catalogue.n_items, n_devices) if CFG.warm_users > 0 else None
     ads, ad_state = build_ads(run, catalogue)
     log_event(
         log,
@@ -100,17 +107,54 @@ def build_app() -> FeedApp:
     return FeedApp(
         CFG,
         catalogue,
-        int(manifest["n_devices"]),
-        int(pipeline["max_excluded_items"]),
+        n_devices,
+        max_excluded,
         store,
         triton,
         CursorCodec(CFG.signing_key, CFG.cursor_ttl_s, CFG.max_session_items),
         EventTokens(CFG.signing_key, CFG.event_token_ttl_s),
         ads=ads,
         ad_state=ad_state,
-        versions=VersionRouter(CFG.canary_share, triton.ready_versions, Path(CFG.model_repository), CFG.versions_refresh_s),
+        versions=VersionRouter(CFG.canary_share, triton.ready_versions, Path(CFG.model_repository), CFG.versions_refresh_s, warm),
         ads_ensemble=ADS.ensemble,
     )
+
+
+def build_warmer(store: EventStore, triton: TritonRecommender, n_items: int, n_devices: int) -> Callable[[int], Awaitable[WarmupReport]]:
+    """The deploy warm-up of one new recommend version (``warmup.warm_version``) over this
+    process's Redis and Triton clients, counted in the ``feed_warmup_*`` metrics and logged."""
+    plan = WarmupPlan(CFG.warm_users, CFG.warm_rate_per_s, CFG.warm_budget_s, CFG.warm_concurrency)
+
+    async def user_state(user_id: str) -> UserState:
+        return await store.user_state(user_id, n_items, n_devices, 0, mark_active=False)  # a warm-up is not a visit
+
+    async def encode(user_id: str, state: UserState, version: str) -> None:
+        device = int(state.history.devices[-1])
+        await triton.recommend(user_id, state.history, state.segment, device, [], 1, version)  # top_k 1: the states are the point
+
+    async def warm(version: int) -> WarmupReport:
+        log_event(log, logging.INFO, "warming a new recommend version before routing to it", version=version, users=plan.users)
+        report = await warm_version(
+            str(version), plan, store.recently_active, user_state, encode, lambda o: metrics.WARMUP_USERS.labels(outcome=o).inc()
+        )
+        metrics.WARMUP_RUNS.labels(outcome=report.outcome).inc()
+        metrics.WARMUP_DURATION.observe(report.seconds)
+        log_event(
+            log,
+            logging.INFO if report.outcome in ("done", "no_users") else logging.WARNING,
+            "recommend version warmed: routing to it",
+            version=version,
+            outcome=report.outcome,
+            asked=report.asked,
+            warmed=report.warmed,
+            failed=report.failed,
+            skipped=report.skipped,
+            seconds=round(report.seconds, 2),
+            error=report.error,
+        )
+        return report
+
+    return warm
 
 
 def build_ads(run: Path, catalogue: FeedCatalogue) -> tuple[AdServer | None, AdState | None]:

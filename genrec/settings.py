@@ -225,7 +225,31 @@ class FeedConfig:
     # version, the rest by the one before it (Triton keeps two loaded); 0 is the rollback
     canary_share: float = 1.0
     versions_refresh_s: float = 10.0  # how often the ready recommend versions are read from Triton
+    # deploy warm-up (feed/warmup.py): a newly ready recommend version is held out of routing
+    # while the encoder states of the `warm_users` most recently active users are built on it
+    # from their stored histories, at most `warm_rate_per_s` calls a second, `warm_concurrency`
+    # at a time, for at most `warm_budget_s`; then the canary split applies. 0 users: no hold
+    warm_users: int = 1_000  # keep under what one instance's encoder cache holds (serving.encoder_cache_bytes)
+    warm_rate_per_s: float = 5.0  # a cold encode is a whole recommend call: this bounds the CPU taken from serving
+    warm_concurrency: int = 1
+    warm_budget_s: float = 120.0  # past it the version is released, warmed or not
+    # recently active users: every user whose state the feed reads, in sorted sets by last-seen
+    # time (feed:active:{a<k>}, ACTIVE_SHARDS keys), trimmed to about this many users in all
+    active_users_cap: int = 20_000
     port: int = 3000
+
+    def __post_init__(self) -> None:
+        # caps: a warm-up is a background job of the feed process, never a flood on Triton
+        if not 0 <= self.warm_users <= 100_000:
+            raise ValueError(f"feed.warm_users={self.warm_users}: expected 0..100000")
+        if not 0 < self.warm_rate_per_s <= 100:
+            raise ValueError(f"feed.warm_rate_per_s={self.warm_rate_per_s}: expected (0, 100]")
+        if not 1 <= self.warm_concurrency <= 4:
+            raise ValueError(f"feed.warm_concurrency={self.warm_concurrency}: expected 1..4")
+        if not 0 <= self.warm_budget_s <= 3_600:
+            raise ValueError(f"feed.warm_budget_s={self.warm_budget_s}: expected 0..3600")
+        if not 0 <= self.active_users_cap <= 10_000_000:
+            raise ValueError(f"feed.active_users_cap={self.active_users_cap}: expected 0..10000000")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from genrec.feed.canary import Route, VersionRouter, paired_ad_ctr, pick_version, route_for
+from genrec.feed.canary import Route, VersionRouter, newly_ready, paired_ad_ctr, pick_version, route_for
 
 
 def test_one_version_is_never_named():
@@ -72,3 +72,103 @@ def test_the_router_reads_versions_when_due_keeps_them_on_errors_and_starts_clos
     assert asyncio.run(router.route("u1")).recommend == "1"
     assert asyncio.run(router.route("u1")).recommend == "1", "a failed read keeps the last known versions"
     assert len(reads) == 3
+
+
+# Deploy warm-up: a newly ready recommend version is held until its encoder states are built.
+
+
+def test_a_held_newest_version_sends_everyone_to_the_previous_one_named():
+    ready = {"recommend": [1, 2], "ad_ctr": [1, 2]}
+    for share in (1.0, 0.5, 0.0):
+        for u in ("a", "b", "c", "d"):
+            assert route_for(u, ready, share, PAIRS, held={2}) == Route("1", "1", False, "1"), (
+                'named ("" would be Triton\'s newest, the held one), two calls with its own ad_ctr'
+            )
+    assert route_for("a", ready, 1.0, PAIRS, held=set()) == Route("", "2", True, "2"), "released: the split applies again"
+
+
+def test_with_the_policy_keeping_two_the_version_before_the_held_one_serves():
+    ready = {"recommend": [2, 3], "ad_ctr": [2, 3]}  # 1 retired when 3 loaded
+    assert {route_for(f"u{i}", ready, 0.5, {2: 2, 3: 3}.get, held={3}).recommend for i in range(100)} == {"2"}
+
+
+def test_holding_the_only_ready_version_holds_nothing():
+    ready = {"recommend": [2], "ad_ctr": [2]}
+    assert route_for("a", ready, 1.0, PAIRS, held={2}) == Route("", "2", True, "2")
+
+
+def test_a_held_version_with_an_unknown_pairing_serves_the_previous_one_without_ads():
+    ready = {"recommend": [1, 2], "ad_ctr": [1, 2]}
+    assert route_for("a", ready, 1.0, lambda v: None, held={2}) == Route("1", None, False, "1")
+
+
+def test_only_versions_new_since_the_last_read_with_another_one_ready_are_held():
+    assert newly_ready(None, [1, 2]) == [], "the first read: served as found (Triton is warm for them)"
+    assert newly_ready({1}, [1, 2]) == [2]
+    assert newly_ready({1, 2}, [2, 3]) == [3]
+    assert newly_ready({1, 2}, [1]) == [], "a rollback holds nothing"
+    assert newly_ready({1}, [2]) == [], "nothing else to serve: not held"
+
+
+def test_the_router_holds_a_new_version_until_its_warm_up_returns():
+    versions = {"recommend": [1], "ad_ctr": [1]}
+    started: list[int] = []
+
+    async def ready() -> dict[str, list[int]]:
+        return versions
+
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def warm(version: int) -> None:
+            started.append(version)
+            await gate.wait()
+
+        router = VersionRouter(1.0, ready, None, refresh_s=0.0, warm=warm)
+        router._pair = PAIRS  # type: ignore[method-assign]
+        assert (await router.route("u1")).label == "1"
+        versions.update({"recommend": [1, 2], "ad_ctr": [1, 2]})
+        held = await router.route("u1")
+        assert held == Route("1", "1", False, "1") and router.held == {2}
+        await asyncio.sleep(0)
+        assert started == [2], "one warm-up, started in the background"
+        assert (await router.route("u2")).recommend == "1", "still held while warming"
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert router.held == frozenset() and await router.route("u1") == Route("", "2", True, "2")
+        assert started == [2], "a version is warmed once"
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_warm_up_releases_the_version_and_a_retired_one_is_cancelled():
+    versions = {"recommend": [1], "ad_ctr": [1]}
+
+    async def ready() -> dict[str, list[int]]:
+        return versions
+
+    async def scenario() -> None:
+        async def broken(version: int) -> None:
+            raise RuntimeError("boom")
+
+        router = VersionRouter(1.0, ready, None, refresh_s=0.0, warm=broken)
+        await router.route("u")
+        versions.update({"recommend": [1, 2]})
+        await router.route("u")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert router.held == frozenset(), "a failed warm-up does not hold the version for ever"
+
+        async def slow(version: int) -> None:
+            await asyncio.sleep(3600)
+
+        router.warm = slow
+        versions.update({"recommend": [1, 2, 3]})
+        await router.route("u")
+        assert router.held == {3}
+        versions.update({"recommend": [1, 2]})  # 3 rolled back while warming
+        await router.route("u")
+        assert router.held == frozenset()
+
+    asyncio.run(scenario())
