@@ -16,6 +16,7 @@ exit code (0 pass, 1 fail).
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -36,6 +37,7 @@ grpc_gevent.init_gevent()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `loadtest` and the client
 from genrec.client import ClientError, RecommendClient, RetryPolicy  # noqa: E402
 from loadtest import gate  # noqa: E402
+from loadtest.request_log import LoggedRequest, RequestLog, feed_fallback  # noqa: E402
 from loadtest.shapes import SHAPES, expected_rate, users_at  # noqa: E402
 from loadtest.workload import Workload  # noqa: E402
 
@@ -62,6 +64,9 @@ def _options(parser: Any) -> None:
     g.add_argument("--max-generator-cpu", type=float, env_var="LOCUST_MAX_GENERATOR_CPU", default=gate.DEFAULT_MAX_GENERATOR_CPU)
     g.add_argument("--min-rate-ratio", type=float, env_var="LOCUST_MIN_RATE_RATIO", default=gate.DEFAULT_MIN_RATE_RATIO)
     g.add_argument("--summary-json", env_var="LOCUST_SUMMARY_JSON", default="", help="write the gate's summary here")
+    g.add_argument(
+        "--request-log", env_var="LOCUST_REQUEST_LOG", default="", help="append one JSON line per request here (loadtest/request_log.py)"
+    )
 
 
 def _workload(options: Any) -> Workload:
@@ -218,9 +223,10 @@ class FeedUser(FastHttpUser):
 
     @task(1)
     def similar(self) -> None:
-        if not self.shown:
+        organic = [it for it in self.shown if it.get("type") != "ad"]  # an ad has no similar items (404)
+        if not organic:
             return self.feed_page()
-        item = self.rng.choice(self.shown)["id"]
+        item = self.rng.choice(organic)["id"]
         with self.client.get(
             f"/v1/items/{item}/similar?k=10&user_id={self.user_id}", name="/v1/items/{id}/similar", catch_response=True
         ) as resp:
@@ -240,6 +246,30 @@ class GenrecShape(LoadTestShape):
 
 
 _cpu: dict[str, float] = {}
+
+
+@events.test_start.add_listener
+def _open_request_log(environment: Any, **_: Any) -> None:
+    o = environment.parsed_options
+    if o is None or not o.request_log or type(environment.runner).__name__ == "MasterRunner":
+        return  # a master sends no requests; each worker writes a file of its own (no interleaved lines)
+    log = RequestLog(o.request_log + (f".{os.getpid()}" if isinstance(environment.runner, WorkerRunner) else ""))
+    _shared["request_log"] = log
+
+    def record(name: str, response_time: float, exception: Any = None, response: Any = None, **_: Any) -> None:
+        fallback = exception is None and name == "/v1/feed" and response is not None and feed_fallback(response)
+        log.write(
+            LoggedRequest(time.time(), name, float(response_time), exception is None, fallback, "" if exception is None else str(exception))
+        )
+
+    environment.events.request.add_listener(record)
+
+
+@events.quitting.add_listener
+def _close_request_log(environment: Any, **_: Any) -> None:
+    log = _shared.pop("request_log", None)
+    if log is not None:
+        log.close()
 
 
 @events.test_start.add_listener
