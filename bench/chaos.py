@@ -297,7 +297,7 @@ def chaos(t: Target, faults: list[str], window_s: float, rate: float, writer_use
     rows = []
     for i, f in enumerate(injected):
         window_end = injected[i + 1].at if i + 1 < len(injected) else end
-        fig = fault_figures(requests, f, window_end)
+        fig = fault_figures(requests, f, window_end, before_s=window_s, after_s=window_s)
         lo = f.at - window_s  # the writes acknowledged just before the fault are the ones it could take
         fig["acked_writes"] = writes_in([b.acked_at for b in writer.writer.ledger.batches], lo, window_end)
         fig["acked_lost"] = writes_in(verdict.lost + verdict.charges_lost + verdict.caps_lost, lo, window_end)

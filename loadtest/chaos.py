@@ -10,7 +10,8 @@ Per fault, between its injection and the next fault (its *window*):
   is followed by ``clean_s`` of good answers; 0 when nothing went wrong; None when the window
   ended before such a clean stretch (not recovered);
 - ``p99_before_ms`` (the ``before_s`` before the injection), ``p99_during_ms`` (injection to
-  recovery), ``p99_after_ms`` (``after_s`` from recovery), over the gated request (``/v1/feed``);
+  recovery, or to the end of the injection when later), ``p99_after_ms`` (``after_s`` from
+  then), over the gated request (``/v1/feed``);
 - ``slowest_ms``: the slowest answer in the window, to hold against the deadline.
 """
 
@@ -67,7 +68,9 @@ def fault_figures(
 ) -> dict[str, object]:
     window = _between(requests, fault.at, window_end)
     rec = recovery_s(window, fault.at, window_end, clean_s)
-    recovered_at = fault.at + rec if rec is not None else window_end
+    # "after" starts once the fault is over and its injection has finished (a publish is over when
+    # the new version is loaded, however quickly requests were served meanwhile)
+    recovered_at = max(fault.at + rec, fault.done_at) if rec is not None else window_end
     ms = lambda rs: [r.ms for r in rs]  # noqa: E731
     by_name = sorted({r.name for r in window})
     return {
