@@ -10,6 +10,13 @@ block ``b = pos // C`` sees exact keys of blocks ``b-Rb .. b``, one mean slot pe
 ``b-Rb-M .. b-Rb-1`` and one running-mean summary of all older blocks. The state therefore
 holds at most about ``recent_tokens + block_tokens`` exact keys, ``slots`` slots and one summary
 per layer, whatever the history length; a returning user with k new events costs O(k) blocks.
+
+Several blocks per graph call (``blocks_per_call``, the cold-start lever): a call may span up to
+``Rb + 1`` consecutive blocks, because then every new token of the span is still in the exact
+window of every later query of the span. Each query block's view (summary, slots, exact keys)
+is stacked into the call's context and ``ctx_w`` has one row per new token that weights only
+its own block's view (zeros elsewhere), so each query sees exactly the keys and weights it sees
+one block at a time: the same outputs (to float rounding) with up to ``Rb + 1`` times fewer calls.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from genrec.data.schema import History
 USER, ITEM, ACTION, CONTEXT = 0, 1, 2, 3  # token types, as the encoder embeds them
 UNCOMPRESSED_CHUNK = 256  # tokens per graph call when compression is off
 
-# feeds (the encoder contract's inputs) -> (new_k (L,G,d), new_v (L,G,d), out (G,d), user (G,d))
+# feeds (the encoder contract's inputs; ctx_w is (tokens, context): each new token's key weights) -> (new_k (L,G,d), new_v (L,G,d), out (G,d), user (G,d))
 BlockFn = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -175,10 +182,65 @@ class EncodedRequest:
     user: np.ndarray  # (d,) user vector (ANN query)
 
 
+def span_blocks(g: Geometry, blocks_per_call: int) -> int:
+    """Blocks one graph call may span: at most ``Rb + 1`` keeps the span's tokens exact for each
+    other (see the module doc); ``blocks_per_call`` 0 means that most. Without compression there
+    are no blocks to span (calls are ``UNCOMPRESSED_CHUNK`` tokens)."""
+    if blocks_per_call < 0:
+        raise ValueError(f"blocks_per_call={blocks_per_call}: 0 (the most that stay exact) or more")
+    most = g.recent_blocks + 1
+    return most if blocks_per_call == 0 else min(blocks_per_call, most)
+
+
+def _mean(a: np.ndarray, axis: int) -> np.ndarray:
+    """``a.mean(axis, keepdims=True)``, the same sum and division without its Python wrapper."""
+    return np.add.reduce(a, axis=axis, keepdims=True) / a.shape[axis]
+
+
+def _drop(a: np.ndarray, lo: int, hi: int, axis: int) -> np.ndarray:
+    """``a`` without the entries ``lo:hi`` along ``axis`` (a view when they are the oldest)."""
+    head = a[(slice(None),) * axis + (slice(0, lo),)]
+    tail = a[(slice(None),) * axis + (slice(hi, None),)]
+    return tail if lo == 0 else np.concatenate([head, tail], axis=axis)
+
+
+@dataclass(frozen=True)
+class _View:
+    """One query block's context (``IncrementalEncoder.context``) and how many new tokens use it."""
+
+    ctx: dict[str, np.ndarray]
+    queries: int
+
+
+def stacked_context(views: list[_View]) -> dict[str, np.ndarray]:
+    """The views side by side as one call's context; ``ctx_w`` (tokens, context) gives each
+    query its own view's weights and 0 for every other view's keys."""
+    sizes = [v.ctx["ctx_pos"].size for v in views]
+    w = np.zeros((sum(v.queries for v in views), sum(sizes)), np.float32)
+    row = col = 0
+    for v, n in zip(views, sizes):
+        w[row : row + v.queries, col : col + n] = v.ctx["ctx_w"]
+        row, col = row + v.queries, col + n
+    if len(views) == 1:
+        only = views[0].ctx
+        return {**only, "ctx_w": w}
+    return {
+        "ctx_k": np.concatenate([v.ctx["ctx_k"] for v in views], axis=1),
+        "ctx_v": np.concatenate([v.ctx["ctx_v"] for v in views], axis=1),
+        "ctx_w": w,
+        "ctx_pos": np.concatenate([v.ctx["ctx_pos"] for v in views]),
+        "ctx_time": np.concatenate([v.ctx["ctx_time"] for v in views]),
+    }
+
+
 class IncrementalEncoder:
-    def __init__(self, block: BlockFn, geometry: Geometry) -> None:
+    """``blocks_per_call``: 1 = one graph call per block; n > 1 = up to n blocks per call (capped
+    by ``span_blocks``); 0 = the most that stay exact. Same outputs either way."""
+
+    def __init__(self, block: BlockFn, geometry: Geometry, blocks_per_call: int = 1) -> None:
         self.block = block
         self.g = geometry
+        self.span = span_blocks(geometry, blocks_per_call) if geometry.compression else 1
 
     def init_state(self) -> EncoderState:
         return EncoderState.empty(self.g)
@@ -190,15 +252,16 @@ class IncrementalEncoder:
             s.block += 1
             leaving = s.block - rb - 1  # block that drops out of the exact window
             if leaving >= 0:
-                sel = (s.ex_pos >= leaving * c) & (s.ex_pos < (leaving + 1) * c)
-                keep = ~sel
-                s.sl_k = np.concatenate([s.sl_k, s.ex_k[:, sel].mean(axis=1, keepdims=True)], axis=1)
-                s.sl_v = np.concatenate([s.sl_v, s.ex_v[:, sel].mean(axis=1, keepdims=True)], axis=1)
-                s.sl_out = np.concatenate([s.sl_out, s.ex_out[sel].mean(axis=0, keepdims=True)])
-                s.sl_pos = np.append(s.sl_pos, s.ex_pos[sel].mean())
-                s.sl_time = np.append(s.sl_time, s.ex_time[sel].mean())
-                s.ex_k, s.ex_v, s.ex_out = s.ex_k[:, keep], s.ex_v[:, keep], s.ex_out[keep]
-                s.ex_pos, s.ex_time = s.ex_pos[keep], s.ex_time[keep]
+                # exact keys are appended in position order, so the leaving block is one slice
+                # (slices, not masks: this runs once per block of a cold history)
+                lo, hi = np.searchsorted(s.ex_pos, [leaving * c, (leaving + 1) * c])
+                s.sl_k = np.concatenate([s.sl_k, _mean(s.ex_k[:, lo:hi], axis=1)], axis=1)
+                s.sl_v = np.concatenate([s.sl_v, _mean(s.ex_v[:, lo:hi], axis=1)], axis=1)
+                s.sl_out = np.concatenate([s.sl_out, _mean(s.ex_out[lo:hi], axis=0)])
+                s.sl_pos = np.concatenate([s.sl_pos, _mean(s.ex_pos[lo:hi], axis=0)])
+                s.sl_time = np.concatenate([s.sl_time, _mean(s.ex_time[lo:hi], axis=0)])
+                s.ex_k, s.ex_v = _drop(s.ex_k, lo, hi, axis=1), _drop(s.ex_v, lo, hi, axis=1)
+                s.ex_out, s.ex_pos, s.ex_time = (_drop(a, lo, hi, axis=0) for a in (s.ex_out, s.ex_pos, s.ex_time))
             if s.block - rb - m - 1 >= 0 and s.sl_pos.size > 0:  # the oldest slot folds into the summary
                 s.su_k = s.su_k + s.sl_k[:, 0]
                 s.su_v = s.su_v + s.sl_v[:, 0]
@@ -210,7 +273,8 @@ class IncrementalEncoder:
                 s.sl_pos, s.sl_time = s.sl_pos[1:], s.sl_time[1:]
 
     def context(self, s: EncoderState) -> dict[str, np.ndarray]:
-        """The cached keys the current block sees, as the encoder graph's ``ctx_*`` inputs."""
+        """The cached keys the current block sees, as the encoder graph's ``ctx_*`` inputs (with
+        ``ctx_w`` per key: ``stacked_context`` gives it one row per new token)."""
         if not self.g.compression:
             return {
                 "ctx_k": s.ex_k,
@@ -229,8 +293,13 @@ class IncrementalEncoder:
             "ctx_time": np.concatenate([[s.su_time / n], s.sl_time, s.ex_time]),
         }
 
-    def _run(self, s: EncoderState, tok: dict[str, np.ndarray], segment: int, cache: bool) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {**tok, "segment": np.array([segment], np.int64), **self.context(s)}
+    def _run(
+        self, s: EncoderState, tok: dict[str, np.ndarray], segment: int, cache: bool, views: list[_View] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One graph call for ``tok``; ``views``: the context of each query block (default: the
+        state's current view for every token)."""
+        views = views or [_View(self.context(s), tok["pos"].size)]
+        feeds = {**tok, "segment": np.array([segment], np.int64), **stacked_context(views)}
         new_k, new_v, out, user = self.block(feeds)
         if cache:
             s.ex_k = np.concatenate([s.ex_k, new_k], axis=1)
@@ -241,7 +310,7 @@ class IncrementalEncoder:
         return out, user
 
     def extend(self, s: EncoderState, new_events: History, segment: int) -> EncoderState:
-        """Append events to the state in place: one graph call per block touched, O(k) for k events."""
+        """Append events to the state in place: one graph call per ``span`` blocks touched, O(k) for k events."""
         if len(new_events):
             self._extend_tokens(s, new_events, segment, float(new_events.timestamp[0]))
         return s
@@ -255,13 +324,22 @@ class IncrementalEncoder:
         c = self.g.block_tokens
         start, total = 0, ev["pos"].size
         while start < total:
-            if self.g.compression:  # one block at a time: all its queries share one compressed view
-                p0 = int(ev["pos"][start])
-                self.advance(s, p0 // c)
-                end = start + min(total - start, (p0 // c + 1) * c - p0)
+            views = None
+            if self.g.compression:  # whole blocks per call: each block's queries share one compressed view
+                views, end = [], start
+                for _ in range(self.span):
+                    if end == total:
+                        break
+                    p0 = int(ev["pos"][end])
+                    # the state's old keys move to this block's view; the span's new keys stay
+                    # exact for every query of the span, so they are appended after the call
+                    self.advance(s, p0 // c)
+                    n = min(total - end, (p0 // c + 1) * c - p0)
+                    views.append(_View(self.context(s), n))
+                    end += n
             else:  # exact attention is causal: chunks only bound the graph's (G x context) matrices
                 end = min(total, start + UNCOMPRESSED_CHUNK)
-            self._run(s, {k: v[start:end] for k, v in ev.items()}, segment, cache=True)
+            self._run(s, {k: v[start:end] for k, v in ev.items()}, segment, cache=True, views=views)
             start = end
         s.n_tokens += total
         if self.g.compression:

@@ -50,6 +50,7 @@ class ServingPipeline:
         encoder_cache: StateCache | None = None,
         kv_cache: bool = True,
         compression: bool | None = None,
+        blocks_per_call: int | None = None,
     ) -> None:
         self.cfg, self.cat, self.ann = cfg, catalogue, ann
         contracts = {c.name: c for c in all_contracts(cfg)}
@@ -57,7 +58,8 @@ class ServingPipeline:
         self.run: Runner = lambda model, feeds: run(model, contracts[model].check_feeds(feeds))
         self.encoder_cache = encoder_cache
         self.kv_cache = kv_cache
-        self.encoder = IncrementalEncoder(self._encoder_block, Geometry.of(cfg.encoder, compression))
+        per_call = cfg.serving.encoder_blocks_per_call if blocks_per_call is None else blocks_per_call
+        self.encoder = IncrementalEncoder(self._encoder_block, Geometry.of(cfg.encoder, compression), per_call)
         dc = cfg.decoder
         self.decoder = DecoderGraphs(run, catalogue.codebook_sizes, dc.n_layers, dc.n_heads, dc.d_model // dc.n_heads)
 

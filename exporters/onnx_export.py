@@ -26,6 +26,7 @@ from genrec.contracts import (
     ranker_contract,
 )
 from genrec.data.schema import History
+from genrec.ensemble.encoder_state import IncrementalEncoder
 from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
 from genrec.models.ugt_encoder import event_tokens
 
@@ -133,6 +134,8 @@ def encoder_cases(b: ModelBundle, histories: list[History], seed: int = 0) -> li
         ctx = inc.context(s)
         ck, cv, cw, cpos, ctime = (ctx[n] for n in ("ctx_k", "ctx_v", "ctx_w", "ctx_pos", "ctx_time"))
         cases.append(_enc_feeds(ev, ck, cv, cw, cpos, ctime))
+    if comp and histories:  # real calls spanning several blocks (per-token key weights, the cold path)
+        cases += _span_cases(b, histories[0])
     d, layers = b.cfg.encoder.d_model, b.cfg.encoder.n_layers
     for n_ctx, g in ((0, 3), (5, 1), (40, 7)):
         ev = {
@@ -148,7 +151,7 @@ def encoder_cases(b: ModelBundle, histories: list[History], seed: int = 0) -> li
                 ev,
                 rng.normal(size=(layers, n_ctx, d)).astype(np.float32),
                 rng.normal(size=(layers, n_ctx, d)).astype(np.float32),
-                np.ones(n_ctx, np.float32),
+                rng.integers(0, 2, (g, n_ctx)).astype(np.float32),  # each token its own subset of the keys
                 np.arange(n_ctx, dtype=np.float64),
                 1.7e9 - rng.random(n_ctx) * 1e6,
             )
@@ -156,8 +159,27 @@ def encoder_cases(b: ModelBundle, histories: list[History], seed: int = 0) -> li
     return cases
 
 
+SPAN_CASES = 2  # multi-block calls of one real history checked for parity
+
+
+def _span_cases(b: ModelBundle, h: History) -> list[dict[str, np.ndarray]]:
+    """The first graph calls of a cold user's history encoded several blocks per call."""
+    feeds: list[dict[str, np.ndarray]] = []
+    one_block = b.encoder.incremental(True)
+
+    def record(f: dict[str, np.ndarray]):
+        feeds.append({k: np.array(v) for k, v in f.items()})
+        return one_block.block(f)
+
+    spans = IncrementalEncoder(record, one_block.g, blocks_per_call=0)
+    spans.extend(spans.init_state(), h, 0)
+    return feeds[:SPAN_CASES]
+
+
 def _enc_feeds(ev, ck, cv, cw, cpos, ctime) -> dict[str, np.ndarray]:
+    """One call's feeds; ``cw`` per key (one view for every token) or already (tokens, keys)."""
     f = {k: np.asarray(ev[k], dtype=np.int64) for k in ("item", "action", "device", "types", "pos")}
+    cw = cw if cw.ndim == 2 else np.broadcast_to(cw, (f["item"].size, cw.size))
     f["time"] = np.asarray(ev["time"], dtype=np.float64)
     f["segment"] = np.array([0], dtype=np.int64)
     f.update(

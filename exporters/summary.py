@@ -33,7 +33,7 @@ def representative_feeds(cfg: Config) -> dict[str, dict[str, dict[str, np.ndarra
             "segment": np.zeros(1, np.int64),
             "ctx_k": rng.normal(size=(layers, ctx, d)).astype(np.float32),
             "ctx_v": rng.normal(size=(layers, ctx, d)).astype(np.float32),
-            "ctx_w": np.ones(ctx, np.float32),
+            "ctx_w": np.ones((g, ctx), np.float32),
             "ctx_pos": np.arange(ctx, dtype=np.float64),
             "ctx_time": 1.7e9 - np.arange(ctx, dtype=np.float64)[::-1],
         }

@@ -146,7 +146,12 @@ def encoder_contract(cfg: Config) -> ModelContract:
             TensorSpec("segment", "INT64", (1,), "user segment"),
             TensorSpec("ctx_k", "FP32", (layers, "context", d), "cached keys per layer"),
             TensorSpec("ctx_v", "FP32", (layers, "context", d), "cached values per layer"),
-            TensorSpec("ctx_w", "FP32", ("context",), "tokens each cached key stands for (0 = absent)"),
+            TensorSpec(
+                "ctx_w",
+                "FP32",
+                ("tokens", "context"),
+                "per new token, the tokens each cached key stands for in its view (0 = not seen)",
+            ),
             TensorSpec("ctx_pos", "FP64", ("context",), "position of each cached key"),
             TensorSpec("ctx_time", "FP64", ("context",), "time of each cached key"),
         ),

@@ -170,6 +170,10 @@ class ServingConfig:
     execution: Execution = Execution.IN_PROCESS
     ort_threads: int = 1  # intra-op threads per in-process session
     kv_cache: bool = True  # False: the uncached decoder (the benchmark baseline)
+    # encoder blocks per graph call (history compression on): 0 = the most whose tokens stay
+    # exact for each other (recent_tokens // block_tokens + 1), same outputs with fewer calls; 1 =
+    # one block per call (the path before; bench/results/cold_start.json compares them)
+    encoder_blocks_per_call: int = 0
     encoder_cache_bytes: int = 256 * 2**20  # per model instance; ~107 KB per user in `small`
     state_store: StateStore = StateStore.MEMORY
     redis_url: str = "redis://localhost:6379/0"

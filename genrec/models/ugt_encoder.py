@@ -317,14 +317,15 @@ class UGTEncoder(nn.Module):
         """G new tokens of one block against explicit cached context keys (the exported graph).
 
         Token inputs are (G,) (time float64, pos int64), segment (1,); ctx_k/ctx_v (L, Nc, d),
-        ctx_w/ctx_pos/ctx_time (Nc,). Returns the new tokens' K and V (L, G, d) to append to the
+        ctx_pos/ctx_time (Nc,), ctx_w (G, Nc): each new token's weight of each cached key (0 = not
+        in its view), so one call can carry several blocks with different views. Returns the new tokens' K and V (L, G, d) to append to the
         state, their outputs (G, d) and user vectors (G, d).
         """
         x = self._embed(item[None], action[None], device[None], types[None], time[None], segment)
         g = item.shape[0]
         types2 = types[None]
         posf = pos.double()
-        w = _normalise(torch.cat([ctx_w[None].expand(g, -1), torch.ones(g, g).tril()], dim=1))[None]
+        w = _normalise(torch.cat([ctx_w, torch.ones(g, g).tril()], dim=1))[None]
         dpos = (posf[:, None] - torch.cat([ctx_pos, posf])[None, :]).float()
         dt = (time[:, None] - torch.cat([ctx_time, time])[None, :]).float()
         bucket = self.encoder_layers[0].bias_index(dpos, dt)
