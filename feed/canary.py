@@ -133,13 +133,21 @@ class VersionRouter:
 
     def _on_read(self, ready: dict[str, list[int]]) -> None:
         recs = sorted(ready.get(RECOMMEND, []))
+        # a warming version not ready any more was retired, or is being reloaded: Triton reloads
+        # every version of a model on each load (genrec-publish loads recommend, then the
+        # ensemble, which loads it again), and a reload starts with empty caches. Stop, and
+        # forget it, so that it is held and warmed again when it is back.
+        for v in [v for v in self._warming if v not in recs]:
+            self._warming.pop(v).cancel()
+            if self._known is not None:
+                self._known.discard(v)
+        if not recs and self._known is not None:
+            return  # nothing ready (a reload, or Triton down): what was known stays known
         if self.warm is not None:
             for v in newly_ready(self._known, recs):
                 task = asyncio.ensure_future(self.warm(v))
                 task.add_done_callback(functools.partial(self._release, v))
                 self._warming[v] = task
-        for v in [v for v in self._warming if v not in recs]:  # retired while warming: stop
-            self._warming.pop(v).cancel()
         self._known = set(recs)
 
     def _pair(self, version: int) -> int | None:

@@ -5,14 +5,18 @@ Every key of a user carries the hash tag ``{u:<user_id>}``, so all keys one scri
 sit on one Redis Cluster slot. An events batch is one Lua script (``lua/apply_events.lua``).
 
 Recently active users (read by the deploy warm-up, ``warmup.py``): reading a user's state also
-stamps the user in a sorted set by last-seen time, in the same round trip. The index is
+notes the user's last-seen time in memory; at most every ``ACTIVE_FLUSH_S`` the notes go to
+Redis in one background pipeline (fire and forget: a request never waits for it). Writing them
+in the state read's round trip instead cost ~0.1 ms per request on an idle Redis and 1.7 ms on
+the stack's (append-only file, a shared disk). The index is sorted sets by last-seen time,
 sharded over ``ACTIVE_SHARDS`` keys with hash tags of their own (``feed:active:{a<k>}``), so on
-a Redis Cluster it spreads over slots instead of making one hot key, and each shard is trimmed
-to its share of ``active_users_cap`` on every write.
+a Redis Cluster it spreads over slots instead of making one hot key; each shard is trimmed to
+its share of ``active_users_cap`` at every flush.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -33,6 +37,7 @@ from genrec.feed.ports import BatchResult, StoreUnavailable, UserState
 
 PREFIX = "feed"
 ACTIVE_SHARDS = 16  # fixed: changing it moves users between keys (the index refills within a visit)
+ACTIVE_FLUSH_S = 1.0  # how stale the index may be (and how much a crash loses)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -93,7 +98,11 @@ class EventStore:
         self.impression_cap = impression_cap
         self.relation_cap = relation_cap
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.active_cap = active_users_cap
         self.active_per_shard = -(-active_users_cap // ACTIVE_SHARDS)
+        self._seen: dict[str, float] = {}  # user -> last-seen time, not yet in Redis
+        self._flushed_at = time.monotonic()
+        self._flushing: asyncio.Task[None] | None = None
         self._apply = self.writes.register_script(_script("apply_events.lua"))
 
     @_store_call
@@ -101,6 +110,9 @@ class EventStore:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        await self.flush_active()
         await self.redis.aclose()
         await self.writes.aclose()
 
@@ -118,23 +130,44 @@ class EventStore:
 
     @_store_call
     async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int, mark_active: bool = True) -> UserState:
-        """The user's history, negatives and segment; ``mark_active`` also stamps the user in the
-        recently-active index in the same round trip (its failure, e.g. an OOM refusal, is
-        ignored: the index is best effort, the read is not)."""
+        """The user's history, negatives and segment; ``mark_active``: a visit, noted for the
+        recently-active index (a warm-up's read is not one)."""
+        if mark_active:
+            self.note_active(user_id)
         async with self.redis.pipeline(transaction=False) as p:
             p.lrange(user_key(user_id, "h"), 0, -1)
             p.zrevrange(user_key(user_id, "neg"), 0, max_negatives - 1)
             p.hget(user_key(user_id, "p"), "seg")
-            if mark_active and self.active_per_shard > 0:
-                key = active_key(active_shard(user_id))
-                p.zadd(key, {user_id: time.time()})
-                p.zremrangebyrank(key, 0, -self.active_per_shard - 1)
-            out = await p.execute(raise_on_error=False)
-        for r in out[:3]:
-            if isinstance(r, Exception):
-                raise r
-        records, neg, seg = out[:3]
+            records, neg, seg = await p.execute()
         return UserState(unpack(records, n_items, n_devices), [int(i) for i in neg], int(seg) if seg is not None else 0)
+
+    def note_active(self, user_id: str) -> None:
+        """Note a visit; the notes are written by a background flush when one is due."""
+        if self.active_per_shard <= 0:
+            return
+        if len(self._seen) < self.active_cap or user_id in self._seen:  # bounded between flushes
+            self._seen[user_id] = time.time()
+        if time.monotonic() - self._flushed_at >= ACTIVE_FLUSH_S and (self._flushing is None or self._flushing.done()):
+            self._flushed_at = time.monotonic()
+            self._flushing = asyncio.ensure_future(self.flush_active())
+
+    async def flush_active(self) -> None:
+        """Write the noted visits (one pipeline, each shard trimmed to its share of the cap). A
+        failure drops them: the index is best effort, and the next visit notes the user again."""
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return
+        shards: dict[int, dict[str, float]] = {}
+        for user, t in seen.items():
+            shards.setdefault(active_shard(user), {})[user] = t
+        try:
+            async with self.writes.pipeline(transaction=False) as p:
+                for k, members in shards.items():
+                    p.zadd(active_key(k), members)
+                    p.zremrangebyrank(active_key(k), 0, -self.active_per_shard - 1)
+                await p.execute(raise_on_error=False)
+        except RedisError:
+            pass
 
     @_store_call
     async def recently_active(self, limit: int) -> list[str]:

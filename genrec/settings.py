@@ -228,7 +228,9 @@ class FeedConfig:
     # canary: this share of users (a stable hash) is served by the newest ready `recommend`
     # version, the rest by the one before it (Triton keeps two loaded); 0 is the rollback
     canary_share: float = 1.0
-    versions_refresh_s: float = 10.0  # how often the ready recommend versions are read from Triton
+    # how often the ready recommend versions are read from Triton; also how long a just-loaded
+    # version is reached by requests for the newest ("") before the router holds it for its warm-up
+    versions_refresh_s: float = 2.0
     # deploy warm-up (feed/warmup.py): a newly ready recommend version is held out of routing
     # while the encoder states of the `warm_users` most recently active users are built on it
     # from their stored histories, at most `warm_rate_per_s` calls a second, `warm_concurrency`

@@ -172,3 +172,33 @@ def test_a_failed_warm_up_releases_the_version_and_a_retired_one_is_cancelled():
         assert router.held == frozenset()
 
     asyncio.run(scenario())
+
+
+def test_a_version_reloaded_while_warming_is_warmed_again_once_it_is_back():
+    """genrec-publish loads recommend, then the ensemble, which reloads recommend (every version)."""
+    versions: dict[str, list[int]] = {"recommend": [1], "ad_ctr": [1]}
+    started: list[int] = []
+
+    async def ready() -> dict[str, list[int]]:
+        return versions
+
+    async def scenario() -> None:
+        async def warm(version: int) -> None:
+            started.append(version)
+            await asyncio.sleep(3600)
+
+        router = VersionRouter(1.0, ready, None, refresh_s=0.0, warm=warm)
+        await router.route("u")
+        versions["recommend"] = [1, 2]
+        await router.route("u")
+        await asyncio.sleep(0)
+        assert router.held == {2} and started == [2]
+        versions["recommend"] = []  # the reload: nothing ready for a moment
+        await router.route("u")
+        assert router.held == frozenset()
+        versions["recommend"] = [1, 2]
+        assert (await router.route("u")).recommend == "1", "held again after the reload"
+        await asyncio.sleep(0)
+        assert started == [2, 2] and router.held == {2}
+
+    asyncio.run(scenario())

@@ -130,3 +130,13 @@ def test_the_pacer_does_not_bank_idle_time_into_a_burst():
 
     t = asyncio.run(go())
     assert np.diff(t[1:]) == pytest.approx([0.5, 0.5])
+
+
+def test_the_warm_up_settings_have_caps_and_env_overrides():
+    from genrec.settings import FeedConfig, named_config
+
+    cfg = named_config("tiny", environ={"GENREC_FEED__WARM_USERS": "50", "GENREC_FEED__WARM_RATE_PER_S": "2.5"}).feed
+    assert (cfg.warm_users, cfg.warm_rate_per_s, cfg.warm_concurrency) == (50, 2.5, 1)
+    for bad in ({"warm_users": -1}, {"warm_rate_per_s": 0.0}, {"warm_concurrency": 5}, {"warm_budget_s": 4000.0}):
+        with pytest.raises(ValueError):
+            FeedConfig(**bad)  # type: ignore[arg-type]
