@@ -37,6 +37,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -219,13 +220,16 @@ def window(records: list[tuple[float, float, str, bool, int]], a: float, b: floa
 # ---- phases --------------------------------------------------------------------------------------
 
 
-def restart_feed(stack: Stack, st: State, config: str, run: Path, env: dict[str, str]) -> State:
+def restart_feed(stack: Stack, st: State, run: Path, env: dict[str, str]) -> State:
+    """Only the feed service, with ``env`` added (not ``stack.up``: it would publish and seed again)."""
     pid = stack.pid("feed")
     if pid is not None:
         _stop_group(pid, 30)
         stack.pid_file("feed").unlink(missing_ok=True)
     os.environ.update(env)
-    return stack.up(config, run, Path(st.repository), dict(st.ports), False, None, 600)
+    stack._ensure("feed", st, lambda: stack._start_feed(st, run), [])
+    stack._wait("feed", st, 120)
+    return st
 
 
 def publish(run: Path, st: State) -> tuple[float, float, str]:
@@ -330,7 +334,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 mids.append((a + b) / 2)
                 p99.append(np.percentile(sel, 99))
         ax.plot(mids, p99, color="C3", label="p99 per 5 s")
-        ax.axvspan(ph["publish_started_s"], 0, color="0.85", label="publish (export + load)")
+        ax.axvspan(ph["publish_started_s"], 0, color="0.85", alpha=0.5, zorder=0, label="publish (export + load)")
         ax.axvline(0, color="k", lw=1, label="new version ready")
         ax.set_yscale("log")
         ax.set_ylabel("ms")
@@ -355,10 +359,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=5.0, help="feed requests a second (default 5)")
     p.add_argument("--window-s", type=float, default=60.0, help="seconds measured before and after the publish (default 60)")
     p.add_argument("--warm-rate", type=float, default=10.0, help="GENREC_FEED__WARM_RATE_PER_S of the warm-up phase (default 10)")
+    p.add_argument(
+        "--publish-run",
+        type=Path,
+        default=None,
+        help="run published as the new versions (default: --run again; another run of the same data = new weights)",
+    )
+    p.add_argument(
+        "--state-store",
+        choices=["memory", "redis"],
+        default="memory",
+        help="GENREC_SERVING__STATE_STORE of Triton: memory (default; an LRU per model instance) or redis (the stack's Redis, db 1)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/deploy_warmup.json"))
     a = p.parse_args(argv)
     lo, hi = (int(x) for x in a.long_events.split(","))
     run = (a.run or latest_run(name=a.config)).resolve()
+    new_run = (a.publish_run or run).resolve()
+    ports: dict[str, int | None] = {}
+    if a.state_store == "redis":  # Triton starts before Redis: the port is chosen here, for both
+        from genrec.runtime.ports import free_port
+
+        ports["redis"] = free_port()
+        os.environ.update({"GENREC_SERVING__STATE_STORE": "redis", "GENREC_SERVING__REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/1"})
     users = [f"u{i}" for i in range(a.users)]
     order = list(np.random.default_rng(1).permutation(users))
     common = {"GENREC_FEED__ACTIVE_USERS_CAP": "20000", "GENREC_FEED__WARM_BUDGET_S": "120"}
@@ -370,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say(f"starting a stack of its own on free ports ({run}), state in {tmp.name}")
         os.environ.update({**common, "GENREC_FEED__WARM_USERS": "0"})
-        st = stack.up(a.config, run, None, {}, True, None, 600)
+        st = stack.up(a.config, run, None, ports, True, None, 600)
         say(f"feed {st.feed_url}, Triton gRPC {st.triton_grpc}")
         long = lengthen_histories(run, st.redis_url, min(a.long_users, a.users), lo, hi)
         say(f"long histories: {long}")
@@ -379,14 +402,16 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(run)
         cost = active_index_cost(st.redis_url, users, int(bundle.manifest["n_items"]), int(bundle.manifest["n_devices"]))
         say(f"active-index cost per state read: {cost['added_p50_us']:.0f} us at the median (index {cost['index_bytes']} bytes)")
-        phases = {"no_warmup": phase("no_warmup", st, run, order, a.rate, a.window_s)}
+        phases = {"no_warmup": phase("no_warmup", st, new_run, order, a.rate, a.window_s)}
         say("restarting the feed with the warm-up on")
         warm_env = {"GENREC_FEED__WARM_USERS": str(a.users), "GENREC_FEED__WARM_RATE_PER_S": str(a.warm_rate)}
-        st = restart_feed(stack, st, a.config, run, warm_env)
-        phases["warmup"] = phase("warmup", st, run, order, a.rate, a.window_s)
+        st = restart_feed(stack, st, run, warm_env)
+        phases["warmup"] = phase("warmup", st, new_run, order, a.rate, a.window_s)
         result = {
             "config": a.config,
             "run": run.name,
+            "published_run": new_run.name,
+            "state_store": a.state_store,
             "users": a.users,
             "long_histories": long,
             "rate_per_s": a.rate,
@@ -405,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         stack.down()
+        logs = Path("build/deploy_warmup_logs")  # the stack's logs outlive its temporary folder
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in ("triton", "redis", "feed"):
+            if stack.log_file(name).exists():
+                shutil.copy2(stack.log_file(name), logs / f"{name}.log")
         tmp.cleanup()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.out, result)
