@@ -25,6 +25,12 @@ Redis stay up). The active-index cost per request is measured separately: the fe
 with and without noting the visit (the index is written by a background flush each second),
 alternated, against the same Redis.
 
+``--state-store redis --publish-run OTHER --out bench/results/deploy_warmup_redis_state.json``:
+Triton keeps encoder states in the stack's Redis (keyed by the encoder graph's digest, so they
+survive a reload); the first phase publishes OTHER (another run of the same data: new weights),
+the second ``--run`` again, its states left from the first phase deleted first (new weights
+start cold).
+
 Writes bench/results/deploy_warmup.json and deploy_warmup.png (latency against time, publish
 marked).
 """
@@ -243,7 +249,38 @@ def publish(run: Path, st: State) -> tuple[float, float, str]:
     return t0, t1, m[1] if m else "?"
 
 
-def phase(name: str, st: State, run: Path, users: list[str], rate: float, window_s: float) -> dict[str, Any]:
+STATE_PREFIX = "genrec:encoder-state:"  # ensemble/state_store.py: <prefix><encoder digest>:<user>
+
+
+def state_tags(url: str | None) -> dict[str, int]:
+    """Encoder digests with states in Triton's Redis state store, and how many users each."""
+    if url is None:
+        return {}
+    import redis
+
+    r = redis.Redis.from_url(url)
+    tags: dict[str, int] = {}
+    for key in r.scan_iter(match=STATE_PREFIX + "*", count=1000):
+        tag = key.decode()[len(STATE_PREFIX) :].split(":", 1)[0]
+        tags[tag] = tags.get(tag, 0) + 1
+    return tags
+
+
+def forget_states(url: str | None, tags: set[str]) -> None:
+    """Delete the states of these digests (a version published again must start cold, as new weights would)."""
+    if url is None or not tags:
+        return
+    import redis
+
+    r = redis.Redis.from_url(url)
+    for tag in tags:
+        for key in r.scan_iter(match=f"{STATE_PREFIX}{tag}:*", count=1000):
+            r.delete(key)
+
+
+def phase(
+    name: str, st: State, run: Path, users: list[str], rate: float, window_s: float, state_url: str | None, forget: set[str]
+) -> dict[str, Any]:
     feed_metrics = f"{st.feed_url}/metrics"
     say(f"[{name}] one pass over {len(users)} users (the serving version's encoder cache holds them)")
     visit_all(st.feed_url, users)
@@ -251,6 +288,8 @@ def phase(name: str, st: State, run: Path, users: list[str], rate: float, window
     with Load(st.feed_url, users, rate) as load:
         say(f"[{name}] steady load at {rate}/s for {window_s:.0f} s, then publish")
         time.sleep(window_s)
+        tags_before = state_tags(state_url)
+        forget_states(state_url, forget)
         t_pub0, t_pub1, new = publish(run, st)
         say(f"[{name}] published recommend version {new} in {t_pub1 - t_pub0:.1f} s; {window_s:.0f} s more under load")
         cache0 = cache_counts(st.triton_metrics, new)
@@ -275,6 +314,7 @@ def phase(name: str, st: State, run: Path, users: list[str], rate: float, window
         "new_version_encoder_cache_at_ready": cache0,
         "new_version_encoder_cache_at_end": cache1,
         "feed_warmup_metrics": warm,
+        "redis_state_users_by_digest": {"before_publish": tags_before, "forgotten": sorted(forget), "end": state_tags(state_url)},
         "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "timeline": [[round(r[0] - t_pub1, 3), round(r[1], 2), r[2], r[4]] for r in records],  # seconds from ready, ms, version, status
         "publish_started_s": round(t_pub0 - t_pub1, 2),
@@ -363,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "--publish-run",
         type=Path,
         default=None,
-        help="run published as the new versions (default: --run again; another run of the same data = new weights)",
+        help="run published in the first phase, --run again in the second (default: --run; another run of the same data = new weights)",
     )
     p.add_argument(
         "--state-store",
@@ -402,15 +442,19 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(run)
         cost = active_index_cost(st.redis_url, users, int(bundle.manifest["n_items"]), int(bundle.manifest["n_devices"]))
         say(f"active-index cost per state read: {cost['added_p50_us']:.0f} us at the median (index {cost['index_bytes']} bytes)")
-        phases = {"no_warmup": phase("no_warmup", st, new_run, order, a.rate, a.window_s)}
+        state_url = f"redis://127.0.0.1:{ports['redis']}/1" if a.state_store == "redis" else None
+        phases = {"no_warmup": phase("no_warmup", st, new_run, order, a.rate, a.window_s, state_url, set())}
         say("restarting the feed with the warm-up on")
         warm_env = {"GENREC_FEED__WARM_USERS": str(a.users), "GENREC_FEED__WARM_RATE_PER_S": str(a.warm_rate)}
         st = restart_feed(stack, st, run, warm_env)
-        phases["warmup"] = phase("warmup", st, new_run, order, a.rate, a.window_s)
+        # the second publish is of --run again (serving: --publish-run's weights): its states,
+        # left in Redis by the first phase, are deleted so that it starts cold like new weights
+        forget = set(phases["no_warmup"]["redis_state_users_by_digest"]["before_publish"]) if new_run != run else set()
+        phases["warmup"] = phase("warmup", st, run, order, a.rate, a.window_s, state_url, forget)
         result = {
             "config": a.config,
             "run": run.name,
-            "published_run": new_run.name,
+            "published_runs": [new_run.name, run.name],  # by phase
             "state_store": a.state_store,
             "users": a.users,
             "long_histories": long,

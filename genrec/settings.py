@@ -235,7 +235,7 @@ class FeedConfig:
     # while the encoder states of the `warm_users` most recently active users are built on it
     # from their stored histories, at most `warm_rate_per_s` calls a second, `warm_concurrency`
     # at a time, for at most `warm_budget_s`; then the canary split applies. 0 users: no hold
-    warm_users: int = 1_000  # keep under what one instance's encoder cache holds (serving.encoder_cache_bytes)
+    warm_users: int = 600  # = rate x budget; and under what one instance's encoder cache holds (serving.encoder_cache_bytes)
     warm_rate_per_s: float = 5.0  # a cold encode is a whole recommend call: this bounds the CPU taken from serving
     warm_concurrency: int = 1
     warm_budget_s: float = 120.0  # past it the version is released, warmed or not
