@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.recommend_latency import stage_means
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.client import AsyncFeedClient, AsyncRecommendClient, ClientError, RetryPolicy
 from loadtest.gate import DEFAULT_MAX_FAIL_RATIO, DEFAULT_P99_MS
@@ -356,7 +357,9 @@ def sweep(
         before = scrape(metrics_url) if metrics_url else ""
         row = gen.window(rate, window_s, arrivals=arrivals)
         if metrics_url:
-            row["triton_ms"] = triton_means(before, scrape(metrics_url))
+            after = scrape(metrics_url)
+            row["triton_ms"] = triton_means(before, after)
+            row["stages_ms"] = stage_means(before, after) if after else {}
         rows.append(row)
         say(f"{label} {fmt_row(row)}")
     return rows
