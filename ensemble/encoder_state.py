@@ -13,10 +13,10 @@ per layer, whatever the history length; a returning user with k new events costs
 
 Several blocks per graph call (``blocks_per_call``, the cold-start lever): a call may span up to
 ``Rb + 1`` consecutive blocks, because then every new token of the span is still in the exact
-window of every later query of the span. Each query block's view (summary, slots, exact keys)
-is stacked into the call's context and ``ctx_w`` has one row per new token that weights only
-its own block's view (zeros elsewhere), so each query sees exactly the keys and weights it sees
-one block at a time: the same outputs (to float rounding) with up to ``Rb + 1`` times fewer calls.
+window of every later query of the span. The call's context is the union of its blocks' views
+(``merged_context``) and ``ctx_w`` has one row per new token that weights only its own block's
+view (zeros elsewhere), so each query sees exactly the keys and weights it sees one block at a
+time: the same outputs (to float rounding) with up to ``Rb + 1`` times fewer calls.
 """
 
 from __future__ import annotations
@@ -206,31 +206,58 @@ def _drop(a: np.ndarray, lo: int, hi: int, axis: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _View:
-    """One query block's context (``IncrementalEncoder.context``) and how many new tokens use it."""
+    """One query block's context (``IncrementalEncoder.context``: with compression its keys are
+    the summary, ``slots`` slots, then the exact keys) and how many new tokens use it."""
 
     ctx: dict[str, np.ndarray]
     queries: int
+    folded: int = 0  # blocks in its summary: views with the same count share the summary key
+    slots: int = 0
 
 
-def stacked_context(views: list[_View]) -> dict[str, np.ndarray]:
-    """The views side by side as one call's context; ``ctx_w`` (tokens, context) gives each
-    query its own view's weights and 0 for every other view's keys."""
-    sizes = [v.ctx["ctx_pos"].size for v in views]
-    w = np.zeros((sum(v.queries for v in views), sum(sizes)), np.float32)
-    row = col = 0
-    for v, n in zip(views, sizes):
-        w[row : row + v.queries, col : col + n] = v.ctx["ctx_w"]
-        row, col = row + v.queries, col + n
+_KEYS = ("ctx_k", "ctx_v", "ctx_pos", "ctx_time")  # per-key inputs; ctx_k/ctx_v have keys on axis 1
+
+
+def _keys(ctx: dict[str, np.ndarray], name: str, lo: int, hi: int | None = None) -> np.ndarray:
+    a = ctx[name]
+    return a[:, lo:hi] if a.ndim == 3 else a[lo:hi]
+
+
+def merged_context(views: list[_View]) -> dict[str, np.ndarray]:
+    """One call's context for its query blocks' views: the union of their keys and ``ctx_w``
+    (tokens, context) giving each query its own view's weights, 0 for keys it does not see.
+
+    The union: one summary per distinct folded count, every slot once (slots are block means,
+    identified by their mean position), and the first view's exact keys (a later view of the span
+    only loses its oldest exact keys to slots). So the context grows by the few keys that change
+    within the span, not by one whole view per block."""
+    first = views[0]
     if len(views) == 1:
-        only = views[0].ctx
-        return {**only, "ctx_w": w}
-    return {
-        "ctx_k": np.concatenate([v.ctx["ctx_k"] for v in views], axis=1),
-        "ctx_v": np.concatenate([v.ctx["ctx_v"] for v in views], axis=1),
-        "ctx_w": w,
-        "ctx_pos": np.concatenate([v.ctx["ctx_pos"] for v in views]),
-        "ctx_time": np.concatenate([v.ctx["ctx_time"] for v in views]),
-    }
+        w = first.ctx["ctx_w"]
+        return {**first.ctx, "ctx_w": np.repeat(w[None], first.queries, axis=0)}
+    summaries: dict[int, _View] = {}
+    for v in views:
+        summaries.setdefault(v.folded, v)  # views with the same folded count have the same summary
+    su_col = {folded: i for i, folded in enumerate(summaries)}
+    slot_pos, slot_first = np.unique(np.concatenate([_keys(v.ctx, "ctx_pos", 1, 1 + v.slots) for v in views]), return_index=True)
+    ex_pos = _keys(first.ctx, "ctx_pos", 1 + first.slots)  # ascending: exact keys are kept in position order
+    merged = {}
+    for name in _KEYS:
+        axis = 1 if name in ("ctx_k", "ctx_v") else 0
+        slots = np.concatenate([_keys(v.ctx, name, 1, 1 + v.slots) for v in views], axis=axis)
+        parts = [_keys(v.ctx, name, 0, 1) for v in summaries.values()]
+        merged[name] = np.concatenate([*parts, np.take(slots, slot_first, axis=axis), _keys(first.ctx, name, 1 + first.slots)], axis=axis)
+    n_su, n_sl = len(summaries), slot_pos.size
+    w = np.zeros((sum(v.queries for v in views), n_su + n_sl + ex_pos.size), np.float32)
+    row = 0
+    for v in views:
+        rows, cw, pos = slice(row, row + v.queries), v.ctx["ctx_w"], v.ctx["ctx_pos"]
+        w[rows, su_col[v.folded]] = cw[0]
+        w[rows, n_su + np.searchsorted(slot_pos, pos[1 : 1 + v.slots])] = cw[1 : 1 + v.slots]
+        w[rows, n_su + n_sl + np.searchsorted(ex_pos, pos[1 + v.slots :])] = cw[1 + v.slots :]
+        row += v.queries
+    merged["ctx_w"] = w
+    return merged
 
 
 class IncrementalEncoder:
@@ -274,7 +301,7 @@ class IncrementalEncoder:
 
     def context(self, s: EncoderState) -> dict[str, np.ndarray]:
         """The cached keys the current block sees, as the encoder graph's ``ctx_*`` inputs (with
-        ``ctx_w`` per key: ``stacked_context`` gives it one row per new token)."""
+        ``ctx_w`` per key: ``merged_context`` gives it one row per new token)."""
         if not self.g.compression:
             return {
                 "ctx_k": s.ex_k,
@@ -299,7 +326,7 @@ class IncrementalEncoder:
         """One graph call for ``tok``; ``views``: the context of each query block (default: the
         state's current view for every token)."""
         views = views or [_View(self.context(s), tok["pos"].size)]
-        feeds = {**tok, "segment": np.array([segment], np.int64), **stacked_context(views)}
+        feeds = {**tok, "segment": np.array([segment], np.int64), **merged_context(views)}
         new_k, new_v, out, user = self.block(feeds)
         if cache:
             s.ex_k = np.concatenate([s.ex_k, new_k], axis=1)
@@ -335,7 +362,7 @@ class IncrementalEncoder:
                     # exact for every query of the span, so they are appended after the call
                     self.advance(s, p0 // c)
                     n = min(total - end, (p0 // c + 1) * c - p0)
-                    views.append(_View(self.context(s), n))
+                    views.append(_View(self.context(s), n, s.su_count, s.sl_pos.size))
                     end += n
             else:  # exact attention is causal: chunks only bound the graph's (G x context) matrices
                 end = min(total, start + UNCOMPRESSED_CHUNK)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrec.data.schema import History
-from genrec.ensemble.encoder_state import EncoderState, Geometry, IncrementalEncoder, _View, span_blocks, stacked_context
+from genrec.ensemble.encoder_state import EncoderState, Geometry, IncrementalEncoder, span_blocks
 from genrec.models.ugt_encoder import UGTEncoder, build_tokens
 from genrec.settings import EncoderConfig
 
@@ -102,18 +102,42 @@ def test_span_is_capped_where_the_span_stays_exact():
     assert IncrementalEncoder(lambda f: f, off, 0).span == 1  # no blocks: chunks of exact tokens
 
 
-def test_stacked_context_gives_each_query_its_own_view_only():
-    def view(keys, w, queries):
-        ctx = {
-            "ctx_k": np.full((1, keys, 2), float(w), np.float32),
-            "ctx_v": np.zeros((1, keys, 2), np.float32),
-            "ctx_w": np.full(keys, w, np.float32),
-            "ctx_pos": np.arange(keys, dtype=np.float64),
-            "ctx_time": np.zeros(keys),
-        }
-        return _View(ctx, queries)
+def recorded_calls(enc, blocks_per_call, h):
+    one = enc.incremental(True)
+    feeds = []
 
-    out = stacked_context([view(2, 1.0, 3), view(3, 4.0, 1)])
-    assert out["ctx_k"].shape == (1, 5, 2) and out["ctx_pos"].shape == (5,)
-    want = np.array([[1, 1, 0, 0, 0]] * 3 + [[0, 0, 4, 4, 4]], np.float32)
-    np.testing.assert_array_equal(out["ctx_w"], want)
+    def block(f):
+        feeds.append({k: np.array(v) for k, v in f.items()})
+        return one.block(f)
+
+    inc = IncrementalEncoder(block, one.g, blocks_per_call)
+    inc.extend(inc.init_state(), h, 1)
+    return feeds
+
+
+def seen(feeds, row):
+    """(position, weight, key vector) of every key a query row gives a weight, sorted by position."""
+    w = feeds["ctx_w"][row]
+    idx = np.flatnonzero(w)
+    order = np.argsort(feeds["ctx_pos"][idx], kind="stable")
+    idx = idx[order]
+    return feeds["ctx_pos"][idx], w[idx], feeds["ctx_k"][:, idx]
+
+
+def test_merged_context_gives_each_query_exactly_its_one_block_view(enc):
+    h = history(np.random.default_rng(11), 120)
+    one_block, spans = recorded_calls(enc, 1, h), recorded_calls(enc, 0, h)
+    assert len(spans) < len(one_block)
+    by_pos = {int(p): (f, r) for f in spans for r, p in enumerate(f["pos"])}
+    for f in one_block:
+        for r, p in enumerate(f["pos"]):
+            g, gr = by_pos[int(p)]
+            want, got = seen(f, r), seen(g, gr)
+            cached = want[0] < g["pos"][0]  # the span's earlier blocks are new tokens of its call, not context
+            want = (want[0][cached], want[1][cached], want[2][:, cached])
+            np.testing.assert_array_equal(got[0], want[0])  # the same keys (positions)
+            np.testing.assert_array_equal(got[1], want[1])  # with the same weights
+            np.testing.assert_allclose(got[2], want[2], atol=1e-6)  # computed in calls of other shapes: rounding only
+    # the union stays small: a span's context is not one whole view per block
+    biggest_view = max(f["ctx_pos"].size for f in one_block)
+    assert max(f["ctx_pos"].size for f in spans) <= biggest_view + 2 * span_blocks(Geometry.of(CFG), 0)
