@@ -242,6 +242,7 @@ def test_encoder_states_in_redis_through_triton(repository, triton_server, heldo
         np.testing.assert_array_equal(warm.items, plain.recommend(h.item, h.action, h.timestamp, h.device, request_time=req.ctx_time).items)
         import redis
 
-        assert redis.Redis.from_url(redis_url).exists("genrec:encoder-state:redis-user")
+        keys = redis.Redis.from_url(redis_url).keys("genrec:encoder-state:*:redis-user")
+        assert len(keys) == 1, "one state, under the served encoder's digest"
     finally:
         srv.stop()
