@@ -29,10 +29,18 @@ class MilvusIndex:
             warnings.simplefilter("ignore")
             from pymilvus import MilvusClient
 
-        self.client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
         self.collection = collection
         self.uri = uri
-        self._ensure(np.ascontiguousarray(vectors, dtype=np.float32))
+        try:
+            self.client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        except Exception:
+            self._release_lite()  # a server started for a client that failed would stay registered
+            raise
+        try:
+            self._ensure(np.ascontiguousarray(vectors, dtype=np.float32))
+        except Exception:
+            self.close()
+            raise
 
     def _ensure(self, vectors: np.ndarray) -> None:
         from pymilvus import DataType, MilvusClient
@@ -71,10 +79,13 @@ class MilvusIndex:
         try:
             self.client.close()
         finally:
-            if self.uri.endswith(".db"):
-                # milvus-lite keeps one server per file for the process's lifetime: a server that died
-                # (killed, crashed) stays registered and every reconnect goes to its dead socket, so
-                # it is released here and the next MilvusIndex on this file starts a fresh one
-                from milvus_lite.server_manager import server_manager_instance
+            self._release_lite()
 
-                server_manager_instance.release_server(self.uri)
+    def _release_lite(self) -> None:
+        if self.uri.endswith(".db"):
+            # milvus-lite keeps one server per file for the process's lifetime: a server that died
+            # (killed, crashed) stays registered and every reconnect goes to its dead socket, so it
+            # is released here and the next MilvusIndex on this file starts a fresh one
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)

@@ -72,7 +72,9 @@ class FailSoftIndex:
         """``spawn`` runs a rebuild (default: a daemon thread; tests pass a synchronous call)."""
         self._make, self.retry_s, self._clock = make, retry_s, clock
         self._spawn = spawn or (lambda job: threading.Thread(target=job, name="ann-rebuild", daemon=True).start())
-        self._rebuilding = False
+        self._rebuilding, self._rebuild_started, self._closed = False, 0.0, False
+        self.rebuild_timeout_s = max(30.0, 3 * retry_s)
+        self._lock = threading.Lock()
         self.index: AnnIndex | None = self._first_build(build_attempts, sleep)
         self.failures = 0
         self._retry_at = 0.0
@@ -100,8 +102,11 @@ class FailSoftIndex:
         rows = np.atleast_2d(vectors).shape[0]
         index = self.index
         if index is None:
-            if not self._rebuilding and self._clock() >= self._retry_at:
-                self._retry_at, self._rebuilding = self._clock() + self.retry_s, True
+            now = self._clock()
+            # a rebuild that hangs (a server that accepts but never answers) must not stop retries
+            stale = self._rebuilding and now - self._rebuild_started > self.rebuild_timeout_s
+            if (not self._rebuilding or stale) and now >= self._retry_at:
+                self._retry_at, self._rebuilding, self._rebuild_started = now + self.retry_s, True, now
                 self._spawn(self._rebuild)
             index = self.index  # set already when the rebuild ran synchronously
             if index is None:
@@ -117,24 +122,40 @@ class FailSoftIndex:
         # off the request path: starting milvus-lite and loading the collection takes 1-2 s, which
         # would hold this instance's queue past its timeout; requests meanwhile get no neighbours
         try:
-            self.index = self._make()
-            log.warning("ANN index rebuilt after %d failed searches", self.failures)
+            index = self._make()
         except Exception as e:
             log.warning("rebuilding the ANN index failed (%s: %s); next try in %.0f s", type(e).__name__, e, self.retry_s)
-        finally:
             self._rebuilding = False
+            return
+        with self._lock:
+            closed, adopted = self._closed, self.index is None and not self._closed
+            if adopted:
+                self.index = index
+            self._rebuilding = False
+        if adopted:
+            log.warning("ANN index rebuilt after %d failed searches", self.failures)
+        else:  # closed meanwhile (the model unloaded), or another rebuild won: do not leak this one
+            _close_quietly(index, "an ANN index built after close" if closed else "a second rebuilt ANN index")
 
     def _discard(self) -> None:
         """Drop the failed index, releasing what it holds (a dead milvus-lite server's registration)."""
-        index, self.index = self.index, None
-        close = getattr(index, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as e:  # closing a dead connection may fail too; the rebuild does not need it
-                log.warning("closing the failed ANN index: %s: %s", type(e).__name__, e)
+        with self._lock:
+            index, self.index = self.index, None
+        _close_quietly(index, "the failed ANN index")
 
     def close(self) -> None:
-        close = getattr(self.index, "close", None)
+        with self._lock:
+            self._closed = True
+            index, self.index = self.index, None
+        close = getattr(index, "close", None)
         if close is not None:
             close()
+
+
+def _close_quietly(index: object, what: str) -> None:
+    close = getattr(index, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as e:  # closing a dead connection may fail too; nothing waits for it
+            log.warning("closing %s: %s: %s", what, type(e).__name__, e)

@@ -13,6 +13,10 @@ Per fault, between its injection and the next fault (its *window*):
   recovery, or to the end of the injection when later), ``p99_after_ms`` (``after_s`` from
   then), over the gated request (``/v1/feed``);
 - ``slowest_ms``: the slowest answer in the window, to hold against the deadline.
+
+The load is locust's paced users (``--rate``): a user whose request is slow starts its next one
+about on schedule but not before the answer, so a fault that slows answers also sends fewer
+requests (``requests`` shows it); failures come back fast (the queue bounds), so they are counted.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ class InjectedFault:
 
 def p99(ms: Sequence[float]) -> float | None:
     return round(float(np.percentile(np.asarray(ms), 99)), 2) if len(ms) else None
+
+
+def p50(ms: Sequence[float]) -> float | None:
+    return round(float(np.percentile(np.asarray(ms), 50)), 2) if len(ms) else None
 
 
 def _between(requests: Sequence[LoggedRequest], start: float, end: float, name: str | None = None) -> list[LoggedRequest]:

@@ -120,3 +120,35 @@ def test_a_failed_index_is_closed_before_it_is_rebuilt():
     assert closed == [True] and ann.index is None, "the failing index is released even when its close raises"
     now[0] = 6.0
     assert len(search_excluding(ann, VECTORS[:1], 5, [None])[0]) == 5 and len(built) == 2
+
+
+def test_an_index_rebuilt_after_close_is_closed_not_leaked_and_a_hung_rebuild_is_retried():
+    closed: list[int] = []
+    jobs: list = []
+
+    class Closing(Flaky):
+        def close(self) -> None:
+            closed.append(id(self))
+
+    built: list[Closing] = []
+
+    def make() -> Closing:
+        built.append(Closing())
+        return built[-1]
+
+    now = [0.0]
+    ann = FailSoftIndex(make, retry_s=5.0, clock=lambda: now[0], spawn=jobs.append)  # rebuilds run when the test says
+    built[-1].down = True
+    assert search_excluding(ann, VECTORS[:1], 5, [None])[0].size == 0
+    now[0] = 6.0
+    search_excluding(ann, VECTORS[:1], 5, [None])
+    assert len(jobs) == 1, "a rebuild was started"
+    now[0] = 12.0
+    search_excluding(ann, VECTORS[:1], 5, [None])
+    assert len(jobs) == 1, "no second rebuild while one runs"
+    now[0] = 6.0 + ann.rebuild_timeout_s + 1
+    search_excluding(ann, VECTORS[:1], 5, [None])
+    assert len(jobs) == 2, "a rebuild that hangs past its timeout does not stop the retries"
+    ann.close()
+    jobs[0]()  # the hung rebuild finishes after the model was unloaded
+    assert ann.index is None and id(built[-1]) in closed, "closed, not leaked"
