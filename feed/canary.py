@@ -90,12 +90,14 @@ def route_for(
     return Route(version, str(paired), newest and bool(ctrs) and paired == ctrs[-1], str(rec))
 
 
-def newly_ready(known: Collection[int] | None, ready: list[int]) -> list[int]:
-    """The recommend versions to hold for a warm-up: those ready now and not at the last read,
-    when another version is ready to serve meanwhile (``known`` None: the first read)."""
-    if known is None:
+def newly_ready(released: int | None, ready: list[int]) -> list[int]:
+    """The recommend versions to hold for a warm-up: those newer than the highest version ever
+    released to traffic, while a released one is ready to serve meanwhile. An older version that
+    comes back (Triton reloads every version of a model on each load) is never held: holding it
+    could leave only the version being warmed to route to. ``released`` None: the first read."""
+    if released is None:
         return []
-    new = [v for v in ready if v not in known]
+    new = [v for v in ready if v > released]
     return new if len(ready) > len(new) else []
 
 
@@ -118,7 +120,7 @@ class VersionRouter:
     _ready: dict[str, list[int]] = field(default_factory=dict)
     _pairs: dict[int, int | None] = field(default_factory=dict)
     _read_at: float = float("-inf")
-    _known: set[int] | None = None  # recommend versions seen at the last read (None: none yet)
+    _released: int | None = None  # the highest recommend version released to traffic (None: no read yet)
     _warming: dict[int, asyncio.Task[object]] = field(default_factory=dict)
 
     @property
@@ -126,29 +128,33 @@ class VersionRouter:
         return frozenset(self._warming)
 
     def _release(self, version: int, task: asyncio.Task[object]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved: a failed warm-up releases the version like a finished one
+        if task.cancelled():
+            return  # retired or reloaded while warming: held (and warmed) again if it comes back
+        task.exception()  # retrieved: a failed warm-up releases the version like a finished one
         if self._warming.get(version) is task:
             del self._warming[version]
+        self._released = version if self._released is None else max(self._released, version)
 
     def _on_read(self, ready: dict[str, list[int]]) -> None:
         recs = sorted(ready.get(RECOMMEND, []))
         # a warming version not ready any more was retired, or is being reloaded: Triton reloads
         # every version of a model on each load (genrec-publish loads recommend, then the
-        # ensemble, which loads it again), and a reload starts with empty caches. Stop, and
-        # forget it, so that it is held and warmed again when it is back.
+        # ensemble, which loads it again), and a reload starts with empty caches. Stop; being
+        # newer than every released version, it is held and warmed again when it is back.
         for v in [v for v in self._warming if v not in recs]:
             self._warming.pop(v).cancel()
-            if self._known is not None:
-                self._known.discard(v)
-        if not recs and self._known is not None:
-            return  # nothing ready (a reload, or Triton down): what was known stays known
+        if self._released is None:
+            if recs:  # the first read: what is ready is served as found
+                self._released = recs[-1]
+            return
         if self.warm is not None:
-            for v in newly_ready(self._known, recs):
-                task = asyncio.ensure_future(self.warm(v))
-                task.add_done_callback(functools.partial(self._release, v))
-                self._warming[v] = task
-        self._known = set(recs)
+            for v in newly_ready(self._released, recs):
+                if v not in self._warming:
+                    task = asyncio.ensure_future(self.warm(v))
+                    task.add_done_callback(functools.partial(self._release, v))
+                    self._warming[v] = task
+        elif recs:
+            self._released = max(self._released, recs[-1])
 
     def _pair(self, version: int) -> int | None:
         if version not in self._pairs:

@@ -102,12 +102,13 @@ def test_a_held_version_with_an_unknown_pairing_serves_the_previous_one_without_
     assert route_for("a", ready, 1.0, lambda v: None, held={2}) == Route("1", None, False, "1")
 
 
-def test_only_versions_new_since_the_last_read_with_another_one_ready_are_held():
+def test_only_versions_newer_than_the_released_one_with_another_one_ready_are_held():
     assert newly_ready(None, [1, 2]) == [], "the first read: served as found (Triton is warm for them)"
-    assert newly_ready({1}, [1, 2]) == [2]
-    assert newly_ready({1, 2}, [2, 3]) == [3]
-    assert newly_ready({1, 2}, [1]) == [], "a rollback holds nothing"
-    assert newly_ready({1}, [2]) == [], "nothing else to serve: not held"
+    assert newly_ready(1, [1, 2]) == [2]
+    assert newly_ready(2, [2, 3]) == [3]
+    assert newly_ready(2, [1]) == [], "a rollback holds nothing"
+    assert newly_ready(1, [2]) == [], "nothing else to serve: not held"
+    assert newly_ready(2, [1, 2]) == [], "an older version back from a reload is never held"
 
 
 def test_the_router_holds_a_new_version_until_its_warm_up_returns():
@@ -200,5 +201,31 @@ def test_a_version_reloaded_while_warming_is_warmed_again_once_it_is_back():
         assert (await router.route("u")).recommend == "1", "held again after the reload"
         await asyncio.sleep(0)
         assert started == [2, 2] and router.held == {2}
+
+    asyncio.run(scenario())
+
+
+def test_an_older_version_reloaded_while_the_new_one_warms_is_not_held():
+    """A read during a publish's reload may catch v1 missing and v2 ready: v1 coming back must not be
+    held too, or both would be held and traffic would go to v2, still warming."""
+    versions: dict[str, list[int]] = {"recommend": [1], "ad_ctr": [1, 2]}
+
+    async def ready() -> dict[str, list[int]]:
+        return versions
+
+    async def scenario() -> None:
+        async def warm(version: int) -> None:
+            await asyncio.sleep(3600)
+
+        router = VersionRouter(1.0, ready, None, refresh_s=0.0, warm=warm)
+        await router.route("u")
+        versions["recommend"] = [1, 2]
+        await router.route("u")
+        assert router.held == {2}
+        versions["recommend"] = [2]  # v1 is being reloaded
+        await router.route("u")
+        versions["recommend"] = [1, 2]
+        route = await router.route("u")
+        assert router.held == {2} and route.recommend == "1", route
 
     asyncio.run(scenario())
