@@ -42,6 +42,7 @@ import asyncio
 import http.client
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -117,7 +118,7 @@ class Load:
         self.records: list[tuple[float, float, str, bool, int]] = []  # (start, ms, version, fallback, status)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._slots = threading.Semaphore(0)
+        self._slots: queue.Queue[float] = queue.Queue()  # due times (unix s), one per request
         self._next = 0
         self._threads: list[threading.Thread] = []
 
@@ -125,14 +126,16 @@ class Load:
         host, port = self.base.split("//")[1].split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         while True:
-            self._slots.acquire()
+            due = self._slots.get()
             if self._stop.is_set():
                 return
             with self._lock:
                 user = self.users[self._next % len(self.users)]
                 self._next += 1
             body = json.dumps({"user_id": user, "count": 10})
-            t0 = time.time()
+            # latency counts from when the request was due, not from when a worker was free to send
+            # it: while every worker waits on slow answers, the queueing is the caller's wait too
+            t0 = due
             try:
                 conn.request("POST", "/v1/feed", body, {"Content-Type": "application/json"})
                 r = conn.getresponse()
@@ -154,7 +157,7 @@ class Load:
             delay = t0 + i / self.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            self._slots.release()
+            self._slots.put(time.time())
             i += 1
 
     def __enter__(self) -> Load:
@@ -167,7 +170,7 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for _ in range(self.workers):
-            self._slots.release()
+            self._slots.put(time.time())
         for t in self._threads:
             t.join(timeout=35)
 
@@ -300,6 +303,9 @@ def phase(
     before = window(records, t_pub0 - window_s, t_pub0)
     after = window(records, t_pub1, t_pub1 + window_s)
     during = window(records, t_pub0, t_pub1)
+    # when traffic reached the new version (after its warm-up, with the warm-up on): "after" must
+    # cover it, or the figure would only have measured the old version
+    first_new = min((r[0] for r in records if r[0] >= t_pub1 and r[2] == str(new)), default=None)
     say(
         f"[{name}] before: p50 {before['p50_ms']:.1f} ms p99 {before['p99_ms']:.1f} ms | "
         f"after: p50 {after['p50_ms']:.1f} ms p99 {after['p99_ms']:.1f} ms (max {after['max_ms']:.0f} ms) | "
@@ -308,6 +314,8 @@ def phase(
     return {
         "new_recommend_version": new,
         "publish_seconds": round(t_pub1 - t_pub0, 1),
+        "first_served_by_new_version_s": None if first_new is None else round(first_new - t_pub1, 2),
+        "after_window_covers_new_version": first_new is not None and first_new < t_pub1 + window_s,
         "before": before,
         "during_publish": during,
         "after": after,
@@ -327,7 +335,8 @@ def active_index_cost(redis_url: str, users: list[str], n_items: int, n_devices:
 
     async def go() -> dict[str, Any]:
         store = EventStore(redis_url, 1.0, 4096, 1000, 1000, 3600, active_users_cap=20_000)
-        on, off = [], []
+        on: list[float] = []
+        off: list[float] = []
         for i in range(rounds):
             u = users[i % len(users)]
             for mark, out in ((True, on), (False, off)) if i % 2 else ((False, off), (True, on)):
