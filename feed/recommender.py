@@ -131,7 +131,9 @@ def _recommend_inputs(user_id: str, h: History, segment: int, device: int, exclu
     inputs = [
         _input("history_items", h.items.astype(np.int64), "INT64"),
         _input("history_actions", h.actions.astype(np.int64), "INT64"),
-        _input("history_timestamps", h.times.astype(np.float64), "FP64"),
+        # the model reads whole seconds; an event stored with a fractional time (the events API takes
+        # any float) would otherwise get every later request of its user refused
+        _input("history_timestamps", np.floor(h.times).astype(np.float64), "FP64"),
         _input("history_devices", h.devices.astype(np.int64), "INT64"),
         _input("user_id", np.array([user_id.encode()], dtype=np.object_), "BYTES"),
         _input("segment", np.array([segment], dtype=np.int64), "INT64"),

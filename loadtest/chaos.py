@@ -6,9 +6,10 @@ the analysis is unit-tested without a server; ``bench/chaos.py`` injects the fau
 Per fault, between its injection and the next fault (its *window*):
 - ``requests`` / ``failed`` / ``fallbacks``: what was sent in the window and how it ended (a
   fallback is a feed answer served without the model or with a part missing);
-- ``recovery_s``: from the injection to the end of the last bad answer (failed or fallback) that
-  is followed by ``clean_s`` of good answers; 0 when nothing went wrong; None when the window
-  ended before such a clean stretch (not recovered);
+- ``recovery_s``: from the injection to the end of the fault's burst of bad answers (failed or
+  fallback): the last one followed by ``clean_s`` of good answers once the injection is over; 0
+  when nothing went wrong; None when the window ended before such a clean stretch (not
+  recovered). Later bad answers are counted as ``stray_bad`` (the background's);
 - ``p99_before_ms`` (the ``before_s`` before the injection), ``p99_during_ms`` (injection to
   recovery, or to the end of the injection when later), ``p99_after_ms`` (``after_s`` from
   then), over the gated request (``/v1/feed``);
@@ -56,11 +57,21 @@ def bad(r: LoggedRequest) -> bool:
     return not r.ok or r.fallback
 
 
-def recovery_s(window: Sequence[LoggedRequest], at: float, end: float, clean_s: float) -> float | None:
-    bads = [r.t for r in window if bad(r)]
+def recovery_s(window: Sequence[LoggedRequest], at: float, end: float, clean_s: float, done_at: float | None = None) -> float | None:
+    """Seconds from ``at`` to the end of the fault's burst of bad answers: the last bad answer
+    that is followed by ``clean_s`` without one, once the injection is over (``done_at``). Bad
+    answers after that stretch are the background's (a busy machine's stray queue timeouts), not
+    the fault's: they are counted apart (``stray_bad``). None: no such stretch before ``end``."""
+    done = at if done_at is None else done_at
+    bads = sorted(r.t for r in window if bad(r))
     if not bads:
         return 0.0
-    last = max(bads)
+    last: float | None = None
+    for b in bads:
+        if last is not None and b - last >= clean_s and last >= done:
+            break
+        last = b
+    assert last is not None
     if end - last < clean_s or not any(r.t > last for r in window):
         return None
     return round(last - at, 2)
@@ -72,10 +83,10 @@ def fault_figures(
     window_end: float,
     before_s: float = 20.0,
     after_s: float = 20.0,
-    clean_s: float = 3.0,
+    clean_s: float = 5.0,
 ) -> dict[str, object]:
     window = _between(requests, fault.at, window_end)
-    rec = recovery_s(window, fault.at, window_end, clean_s)
+    rec = recovery_s(window, fault.at, window_end, clean_s, fault.done_at)
     # "after" starts once the fault is over and its injection has finished (a publish is over when
     # the new version is loaded, however quickly requests were served meanwhile)
     recovered_at = max(fault.at + rec, fault.done_at) if rec is not None else window_end
@@ -90,6 +101,7 @@ def fault_figures(
         "failed": sum(not r.ok for r in window),
         "fallbacks": sum(r.fallback for r in window),
         "recovery_s": rec,
+        "stray_bad": sum(bad(r) for r in window if rec is not None and r.t > fault.at + rec),
         "p99_before_ms": p99(ms(_between(requests, fault.at - before_s, fault.at, FEED))),
         "p99_during_ms": p99(ms(_between(requests, fault.at, recovered_at, FEED))),
         "p99_after_ms": p99(ms(_between(requests, recovered_at, min(window_end, recovered_at + after_s), FEED))),

@@ -22,6 +22,16 @@ def test_recovery_is_the_end_of_the_last_bad_answer_followed_by_a_clean_stretch(
     assert recovery_s(sorted(reqs, key=lambda r: r.t), at=10.0, end=30.0, clean_s=3.0) == 2.5
 
 
+def test_a_stray_failure_long_after_the_burst_is_not_the_fault_and_bad_answers_during_the_injection_are():
+    reqs = steady(10, 60) + [LoggedRequest(t, "recommend", 5, False) for t in (10.5, 12.0, 14.0, 40.0)]
+    reqs.sort(key=lambda r: r.t)
+    assert recovery_s(reqs, at=10.0, end=60.0, clean_s=5.0) == 4.0, "the stray failure at 40 s is the background's"
+    # a publish: failures while its command still runs (done at 45 s) belong to it, however spread
+    assert recovery_s(reqs, at=10.0, end=60.0, clean_s=5.0, done_at=45.0) == 30.0
+    f = fault_figures(reqs, InjectedFault("stub_kill", 10.0, 10.1), window_end=60.0)
+    assert f["recovery_s"] == 4.0 and f["stray_bad"] == 1
+
+
 def test_no_bad_answer_is_an_immediate_recovery_and_a_bad_one_at_the_end_is_none():
     assert recovery_s(steady(10, 20), at=10.0, end=20.0, clean_s=3.0) == 0.0
     reqs = steady(10, 19) + [LoggedRequest(19.0, "/v1/feed", 5, False)]
