@@ -12,7 +12,10 @@ The same trained run served four ways, one after the other on this machine, each
   states in Redis (``GENREC_SERVING__STATE_STORE=redis``, as bench/encoder_state_placement.py);
 - ``eager``: the PyTorch reference pipeline on the run's ``.pt`` weights in a Starlette service
   (bench/alternatives/eager.py): whole-history encoding, beam search without KV cache, no ONNX,
-  no batching;
+  no batching; one torch thread by default (``--eager-threads``), the CPU ours gets (onnxruntime
+  runs one intra-op thread): torch's default, a thread per core, spins OpenMP workers that fight
+  the server's other threads and the generator for the 2 cores, and on a busy machine held no
+  rate at all (p50 43-56 ms from 4 req/s up, load average ~7);
 - ``no_triton``: the same ONNX graphs and ``ServingPipeline`` as ours in a Starlette service
   (bench/alternatives/no_triton.py): Triton's cost and benefit, with the pipeline held equal.
 
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-trials", type=int, default=7, help="rates tried per setup")
     p.add_argument("--arrivals", choices=ARRIVALS, default="uniform")
     p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--eager-threads", type=int, default=1, help="torch intra-op threads of the eager service (0: torch's default)")
     p.add_argument("--out", type=Path, default=Path("bench/results/throughput_vs_eager.json"))
     a = p.parse_args(argv)
 
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis = RedisServer(maxmemory="512mb").start()
                 return triton(repo, state, 2, redis.url)
             if name == "eager":
-                return alternative("bench.alternatives.eager", ["--run", str(run)], state)
+                return alternative("bench.alternatives.eager", ["--run", str(run), "--threads", str(a.eager_threads)], state)
             return alternative("bench.alternatives.no_triton", ["--version-dir", str(version_dir)], state)
 
         for name in [s for s in SETUPS if s in a.only]:
@@ -219,9 +223,10 @@ def _given(url: str) -> Iterator[tuple[str, str | None]]:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None:
+    """a / b; None when either is missing or b held no rate at all (no finite ratio)."""
+    if a is None or b is None or b <= 0:
         return None
-    return a / b if b > 0 else float("inf") if a > 0 else None
+    return a / b
 
 
 def summary(results: dict[str, dict[str, Any]], run: Path, a: argparse.Namespace, load: list[list[float]]) -> dict[str, Any]:
@@ -237,6 +242,7 @@ def summary(results: dict[str, dict[str, Any]], run: Path, a: argparse.Namespace
         "p99_goal_ms": P99_GOAL_MS,
         "arrivals": a.arrivals,
         "window_s": a.window_s,
+        "eager_torch_threads": a.eager_threads or "torch default",
         "load_average": load,  # 1/5/15-min load averages before the first setup and after each
         "ours_rps_at_p99_50ms": ours,
         "ours_2_instances_redis_rps_at_p99_50ms": two,
