@@ -188,11 +188,19 @@ def find_stubs(server_pid: int) -> list[Stub]:
     return out
 
 
-def lost_stubs(before: Iterable[Stub], now: Iterable[Stub]) -> list[Stub]:
-    """Stubs alive last tick that are gone or zombies now, with no live successor of the same instance."""
-    live_now = {(s.model, s.version, s.instance) for s in now if s.alive}
-    live_pids = {s.pid for s in now if s.alive}
-    return [s for s in before if s.alive and s.pid not in live_pids and (s.model, s.version, s.instance) not in live_now]
+def crashed_stubs(before: Iterable[Stub], state_of: Callable[[int], str | None], ready: dict[str, set[str]]) -> list[Stub]:
+    """Stubs alive at the last tick that are zombies now (``state_of(pid)`` "Z"), of a version
+    Triton still reports READY: a stub that died by itself (SIGKILL, the OOM killer, a segfault)
+    stays unreaped, because the Python backend does not notice it. A stub Triton stops itself (a
+    version the policy retires, every version re-created by a publish's load, which can take
+    seconds to replace) is reaped at once and is gone instead: treating those as crashes unloaded
+    every model during a publish. A stub gone while its model stops answering is the canary's."""
+    return [s for s in before if s.alive and state_of(s.pid) in ("Z", "X") and s.version in ready.get(s.model, set())]
+
+
+def proc_state(pid: int) -> str | None:
+    st = _proc_stat(str(pid))
+    return None if st is None else st[0]
 
 
 # ---- the server side ---------------------------------------------------------------------
@@ -336,14 +344,14 @@ class Watchdog:
     def tick(self) -> None:
         pid = self.server_pid()
         stubs = find_stubs(pid) if pid else []
-        lost = lost_stubs(self._stubs, stubs)
+        before = self._stubs
         self._stubs = stubs
         self.shm_regions.update(s.shm for s in stubs if s.shm)
         try:
             ready = self.probe.ready_versions()
         except (ConnectionError, ValueError):
             return  # the server is down or restarting: the launcher sees its process exit
-        lost = [s for s in lost if s.version in ready.get(s.model, set())]
+        lost = crashed_stubs(before, proc_state, ready)
         for model in sorted({*self.canary_models, *(s.model for s in lost)}):
             if self._stop.is_set():
                 return

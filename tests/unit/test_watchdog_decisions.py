@@ -11,7 +11,7 @@ from genrec.runtime.watchdog import (
     Verdict,
     Watchdog,
     classify,
-    lost_stubs,
+    crashed_stubs,
     parse_stub,
 )
 
@@ -95,12 +95,17 @@ def test_stub_argv_names_model_version_and_instance():
     assert parse_stub(7, ["/usr/bin/python3", "x.py"], "S") is None
 
 
-def test_lost_stubs_ignores_replaced_instances():
+def test_only_a_stub_left_unreaped_of_a_ready_version_is_a_crash():
+    """A publish's loads end stubs of versions Triton re-creates or retires (reaped, gone; the
+    version may read READY for seconds): treating those as crashes unloaded every model during a
+    publish. A killed stub stays a zombie: Triton's Python backend does not reap it."""
     a = Stub(1, "recommend", "1", "recommend_0_0", True)
-    b = Stub(2, "ranker", "1", "ranker_0_0", True)
-    assert lost_stubs([a, b], [b]) == [a]  # gone
-    assert lost_stubs([a, b], [Stub(1, "recommend", "1", "recommend_0_0", False), b]) == [a]  # a zombie
-    assert lost_stubs([a, b], [Stub(9, "recommend", "1", "recommend_0_0", True), b]) == []  # a successor (reload)
+    zombie, gone, running = {1: "Z"}.get, {}.get, {1: "S"}.get
+    assert crashed_stubs([a], zombie, {"recommend": {"1", "2"}}) == [a], "killed, still READY"
+    assert crashed_stubs([a], gone, {"recommend": {"1", "2"}}) == [], "stopped and reaped by Triton (a reload, a retire)"
+    assert crashed_stubs([a], running, {"recommend": {"1"}}) == []
+    assert crashed_stubs([a], zombie, {"recommend": {"2"}}) == [], "its version is not served any more"
+    assert crashed_stubs([Stub(1, "recommend", "1", "recommend_0_0", False)], zombie, {"recommend": {"1"}}) == [], "reported already"
 
 
 class FakeProbe:
