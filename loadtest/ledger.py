@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -216,7 +216,7 @@ def batch_applications(ledger: Ledger, redis_url: str) -> list[int]:
 
     r = redis.Redis.from_url(redis_url)
     users = sorted({b.user_id for b in ledger.batches})
-    counts = {u: history_counts(r.lrange(user_key(u, "h"), 0, -1)) for u in users}
+    counts = {u: history_counts(cast(list[bytes], r.lrange(user_key(u, "h"), 0, -1))) for u in users}
     return [n for _, n in applied_counts(ledger.batches, counts)]
 
 
@@ -235,7 +235,7 @@ def verify(ledger: Ledger, redis_url: str) -> Verdict:
     charges_lost = [b.acked_at for b in ledger.batches for (c, cid, day) in b.ad_clicks if not r.sismember(ads.charged_key(c, day), cid)]
     counters: dict[tuple[str, str, int], int] = {}
     for u, day in {(p.user_id, p.day) for p in ledger.pages if p.ads}:
-        for c, n in r.hgetall(ads.cap_key(u, day)).items():
+        for c, n in cast(dict[bytes, bytes], r.hgetall(ads.cap_key(u, day))).items():
             counters[(u, day, int(c))] = int(n)
     return Verdict(
         batches=len(ledger.batches),
