@@ -68,10 +68,14 @@ def recovery_s(window: Sequence[LoggedRequest], at: float, end: float, clean_s: 
         return 0.0
     last: float | None = None
     for b in bads:
-        if last is not None and b - last >= clean_s and last >= done:
+        # a bad answer after the injection, ``clean_s`` after the previous one (or after the
+        # injection's end), opens a new burst: the background's, not this fault's
+        ref = done if last is None or last < done else last
+        if b >= done and b - ref >= clean_s:
             break
         last = b
-    assert last is not None
+    if last is None:
+        return 0.0
     if end - last < clean_s or not any(r.t > last for r in window):
         return None
     return round(last - at, 2)

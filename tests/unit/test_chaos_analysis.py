@@ -34,8 +34,10 @@ def test_a_stray_failure_long_after_the_burst_is_not_the_fault_and_bad_answers_d
 
 def test_no_bad_answer_is_an_immediate_recovery_and_a_bad_one_at_the_end_is_none():
     assert recovery_s(steady(10, 20), at=10.0, end=20.0, clean_s=3.0) == 0.0
-    reqs = steady(10, 19) + [LoggedRequest(19.0, "/v1/feed", 5, False)]
-    assert recovery_s(reqs, at=10.0, end=20.0, clean_s=3.0) is None, "not proven recovered: the window ended"
+    failing = steady(10, 20) + [LoggedRequest(t, "/v1/feed", 5, False) for t in np.arange(10.5, 19.6, 1.0)]
+    assert recovery_s(sorted(failing, key=lambda r: r.t), at=10.0, end=20.0, clean_s=3.0) is None, "failing to the end"
+    lone = steady(10, 19) + [LoggedRequest(19.0, "/v1/feed", 5, False)]
+    assert recovery_s(lone, at=10.0, end=20.0, clean_s=3.0) == 0.0, "a lone bad answer long after the injection is a stray"
 
 
 def test_fault_figures_split_before_during_after_and_count_per_request():
