@@ -80,19 +80,9 @@ class Target:
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append((int(p.name), cmd))
-    return out
+    from genrec.runtime.watchdog import child_processes
+
+    return [(child, " ".join(argv)) for child, argv in child_processes(pid)]
 
 
 def _tritonserver_pid(t: Target) -> int:

@@ -169,6 +169,23 @@ def _proc_stat(pid: str) -> tuple[str, int] | None:
     return fields[0], int(fields[1])  # state, ppid
 
 
+def child_processes(pid: int) -> list[tuple[int, list[str]]]:
+    """The live (not zombie) children of ``pid`` with their argv (Linux /proc)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        st = _proc_stat(p.name)
+        if st is None or st[1] != pid or st[0] == "Z":
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (p / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        out.append((int(p.name), argv))
+    return out
+
+
 def find_stubs(server_pid: int) -> list[Stub]:
     """The Python-backend stubs whose parent is ``server_pid`` (Linux /proc)."""
     out = []

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from genrec.runtime.ports import free_port
-from genrec.runtime.watchdog import TritonProbe, Verdict, find_stubs
+from genrec.runtime.watchdog import TritonProbe, Verdict, child_processes, find_stubs
 
 pytestmark = pytest.mark.integration
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -41,22 +41,6 @@ DEADLINE_S = 3.0  # the client deadline of every request
 FAST_S = 1.6
 SLOWEST_S = 2.6
 KILLS = 3
-
-
-def _children(pid: int) -> list[tuple[int, list[str]]]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-            argv = [a.decode() for a in (p / "cmdline").read_bytes().split(b"\0") if a]
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append((int(p.name), argv))
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -107,8 +91,8 @@ class Launcher:
         return self._get("/v2/health/ready") == 200
 
     def server_pid(self) -> int:
-        pids = [pid for pid, argv in _children(self.proc.pid) if argv and argv[0].endswith("tritonserver")]
-        assert len(pids) == 1, _children(self.proc.pid)
+        pids = [pid for pid, argv in child_processes(self.proc.pid) if argv and argv[0].endswith("tritonserver")]
+        assert len(pids) == 1, child_processes(self.proc.pid)
         return pids[0]
 
     def recommend_stub(self) -> int:
