@@ -3,8 +3,9 @@
 Built once from the published item codes (and rebuilt when a new catalogue is published). It
 answers, for a batch of beams, which next codes lead to at least one *allowed* item, so beam
 search never spends a beam on an ID that is not in the catalogue or on an excluded item.
-Exclusions are per request: a copy of the per-node item counts is decremented along each
-excluded item's path, and a child with count 0 is masked.
+Exclusions are per request: the per-node item counts, less one along each excluded item's path
+(kept sparse, only the nodes on those paths: a copy of every node's count per request cost
+megabytes at 1M items), and a child with count 0 is masked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,35 @@ from dataclasses import dataclass
 import numpy as np
 
 N_LEVELS = 3
+
+
+@dataclass(frozen=True)
+class ExcludedCounts:
+    """One depth's item counts less the excluded items under each node, stored for the nodes on
+    excluded paths only (sorted), so a request's exclusions cost O(excluded), not O(nodes)."""
+
+    base: np.ndarray  # every node's count at this depth (shared, never written)
+    nodes: np.ndarray  # sorted unique nodes with excluded items under them
+    removed: np.ndarray  # excluded items under each of ``nodes``
+
+    def at(self, idx: np.ndarray) -> np.ndarray:
+        out = self.base[idx]
+        if self.nodes.size == 0:
+            return out
+        pos = np.minimum(np.searchsorted(self.nodes, idx), self.nodes.size - 1)
+        return out - np.where(self.nodes[pos] == idx, self.removed[pos], 0)
+
+    def dense(self) -> np.ndarray:
+        out = self.base.copy()
+        out[self.nodes] -= self.removed
+        return out
+
+
+DepthCounts = np.ndarray | ExcludedCounts
+
+
+def _count_at(counts: DepthCounts, idx: np.ndarray) -> np.ndarray:
+    return counts.at(idx) if isinstance(counts, ExcludedCounts) else counts[idx]
 
 
 @dataclass(frozen=True)
@@ -72,19 +102,19 @@ class PrefixTrie:
             tuple(counts),
         )
 
-    def counts_without(self, excluded: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Per-depth item counts with ``excluded`` items removed (a per-request copy)."""
+    def counts_without(self, excluded: np.ndarray | None) -> tuple[DepthCounts, ...]:
+        """Per-depth item counts with ``excluded`` items removed (sparse: the shared counts plus
+        the decrements on the excluded items' paths)."""
         if excluded is None or len(excluded) == 0:
             return self.item_count
         ex = np.unique(np.asarray(excluded, dtype=np.int64))
-        out = []
+        out: list[DepthCounts] = []
         for level in range(N_LEVELS):
-            c = self.item_count[level].copy()
-            np.subtract.at(c, self.item_path[ex, level], 1)
-            out.append(c)
+            nodes, removed = np.unique(self.item_path[ex, level], return_counts=True)
+            out.append(ExcludedCounts(self.item_count[level], nodes, removed.astype(np.int64)))
         return tuple(out)
 
-    def expand(self, depth: int, nodes: np.ndarray, counts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def expand(self, depth: int, nodes: np.ndarray, counts: tuple[DepthCounts, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Allowed children of ``nodes`` (flat, at ``depth``): (row in nodes, child code, child node)."""
         ptr = self.child_ptr[depth]
         starts = ptr[nodes]
@@ -93,7 +123,7 @@ class PrefixTrie:
         offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
         idx = starts[rows] + offsets
         child = self.child_node[depth][idx]
-        ok = counts[depth][child] > 0
+        ok = _count_at(counts[depth], child) > 0
         return rows[ok], self.child_code[depth][idx][ok], child[ok]
 
     def leaf_of(self, codes: np.ndarray) -> np.ndarray:

@@ -60,7 +60,7 @@ def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
     s = cfg.serving
     if s.ann is AnnBackend.EXACT:
         return ExactIndex(catalogue.item_vectors)
-    from genrec.ensemble.milvus_index import MilvusIndex
+    from genrec.ensemble.milvus_index import IndexSpec, MilvusIndex
 
     uri = s.milvus_uri
     if not uri:  # milvus-lite: one local file per model instance (a lite file has one owner process)
@@ -68,7 +68,8 @@ def make_ann(cfg: Config, catalogue: Catalogue, instance: str) -> AnnIndex:
         state.mkdir(parents=True, exist_ok=True)
         uri = str(state / f"milvus-{instance}-{os.getpid()}.db")
     # Milvus failing at run time serves generation alone (counted) and is reconnected; see FailSoftIndex
-    return FailSoftIndex(lambda: MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=s.milvus_token))
+    spec = IndexSpec.of(s)  # serving.ann_index: FLAT (exact) by default
+    return FailSoftIndex(lambda: MilvusIndex(uri, s.milvus_collection, catalogue.item_vectors, token=s.milvus_token, index=spec))
 
 
 def make_state_store(cfg: Config, encoder_graph: Path | None = None) -> StateCache | None:

@@ -112,6 +112,9 @@ class TrainConfig:
     token_budget: int = 65_536  # tokens per training batch (batch x longest sample), whatever the data
     patience: int = 2  # epochs without a better validation score before training stops
     validation_users: int = 1_000  # validation targets scored after each epoch (early stopping)
+    # batches per generative epoch at most (0 = every batch): a run whose cost, not its quality,
+    # is the point (bench/catalogue_scale.py trains 1M-item catalogues with it)
+    max_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,14 @@ class AnnBackend(str, Enum):
     EXACT = "exact"  # brute force in numpy (tests, tiny catalogues)
 
 
+class AnnIndexType(str, Enum):
+    """The Milvus index over the item vectors (bench/results/catalogue_scale.json compares them)."""
+
+    FLAT = "FLAT"  # exact: the served top-k equals the reference's brute force
+    IVF_FLAT = "IVF_FLAT"  # k-means cells (ann_nlist), ann_nprobe of them searched per query
+    HNSW = "HNSW"  # graph index (ann_hnsw_*); a Milvus server only: milvus-lite 2.5 refuses it
+
+
 def _enum_field(cls: type[Enum], name: str, value: object) -> Enum:
     """A mode given as its string value (environment, JSON) or as the enum, checked once here."""
     try:
@@ -183,6 +194,14 @@ class ServingConfig:
     milvus_uri: str = ""  # "" = a milvus-lite file per model instance under state_dir
     milvus_token: str = ""  # for a Milvus server that needs one (GENREC_SERVING__MILVUS_TOKEN)
     milvus_collection: str = "genrec_items"
+    # the index type and its parameters (part of the collection's fingerprint: a change rebuilds
+    # it). FLAT is exact; bench/results/catalogue_scale.json weighs IVF_FLAT against it by size
+    ann_index: AnnIndexType = AnnIndexType.FLAT
+    ann_nlist: int = 0  # IVF_FLAT cells; 0 = 4 x sqrt(items), at least 16
+    ann_nprobe: int = 32  # IVF_FLAT cells searched per query
+    ann_hnsw_m: int = 16  # HNSW links per node
+    ann_hnsw_ef_construction: int = 200
+    ann_hnsw_ef: int = 0  # HNSW search breadth; 0 = 2 x k (never under k)
     state_dir: str = ""  # "" = a fresh temporary directory
     # faults (runtime/README.md "Operations: faults"): recommend's bounded queue (config.pbtxt,
     # written at publish) refuses with UNAVAILABLE instead of letting requests pile up
@@ -196,8 +215,11 @@ class ServingConfig:
     exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs; what is left after it is killed
 
     def __post_init__(self) -> None:
-        for name, cls in (("execution", Execution), ("state_store", StateStore), ("ann", AnnBackend)):
+        for name, cls in (("execution", Execution), ("state_store", StateStore), ("ann", AnnBackend), ("ann_index", AnnIndexType)):
             object.__setattr__(self, name, _enum_field(cls, name, getattr(self, name)))
+        for name in ("ann_nlist", "ann_nprobe", "ann_hnsw_m", "ann_hnsw_ef_construction", "ann_hnsw_ef"):
+            if getattr(self, name) < (0 if name in ("ann_nlist", "ann_hnsw_ef") else 1):
+                raise ValueError(f"serving.{name}={getattr(self, name)}: expected a positive count")
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,8 @@ def train_generative(
         sizes = [event_tokens(s.end - s.start) for s in samples]
         batches = [samples[sl] for sl in chunk_by_tokens(sizes, tc.token_budget, tc.batch_size)]
         t0, totals, n = time.perf_counter(), np.zeros(3), 0
-        for bi in rng.permutation(len(batches)):
+        order = rng.permutation(len(batches))
+        for bi in order[: tc.max_steps] if tc.max_steps > 0 else order:
             batch = batches[bi]
             # alternate compression on/off so one model serves both modes
             compression = cfg.encoder.compression and n % 2 == 0
@@ -193,7 +194,7 @@ def train_generative(
         history = {"generation_loss": totals[0], "retrieval_loss": totals[1], "balance_loss": totals[2]}
         val = validation_score(ds, val_samples, enc, dec, cfg)
         log(
-            f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} | validation loss {val['loss']:.3f} ANN recall@10 {val['ann_recall@10']:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples)"
+            f"  epoch {epoch + 1}/{tc.epochs}: generation {totals[0]:.3f} retrieval {totals[1]:.3f} balance {totals[2]:.3f} | validation loss {val['loss']:.3f} ANN recall@10 {val['ann_recall@10']:.3f} ({time.perf_counter() - t0:.1f}s, {len(samples)} samples, {n} of {len(batches)} batches)"
         )
         if stopper.update(epoch + 1, val["loss"], val, higher_is_better=False):
             log(f"  early stop: no better validation loss for {tc.patience} epochs")
