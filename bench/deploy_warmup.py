@@ -50,7 +50,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ import numpy as np
 
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.runtime.stack import BIN, Stack, State, _stop_group
+from genrec.runtime.triton_server import metrics_settle_s, scrape_metrics
 
 WARM_METRICS = ("feed_warmup_users_total", "feed_warmup_runs_total", "feed_warmup_duration_seconds_sum")
 
@@ -188,8 +188,7 @@ def visit_all(base: str, users: list[str]) -> None:
 
 
 def scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
+    text = scrape_metrics(url, metrics_settle_s(), timeout_s=10)  # Triton's custom metrics lag by a flush
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(names):

@@ -34,7 +34,6 @@ import re
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ import psutil
 from bench.recommend_latency import stage_means
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 from genrec.client import AsyncFeedClient, AsyncRecommendClient, ClientError, RetryPolicy
+from genrec.runtime.triton_server import metrics_settle_s, scrape_metrics
 from loadtest.gate import DEFAULT_MAX_FAIL_RATIO, DEFAULT_P99_MS
 from loadtest.workload import Workload, build
 
@@ -56,6 +56,8 @@ MAX_ERROR_RATIO = DEFAULT_MAX_FAIL_RATIO  # a rate with more failures does not p
 MAX_LAG_P99_MS = 5.0  # the generator sends 99% of requests within this of their due time
 MAX_GENERATOR_CPU = 0.8  # cores: the event loop is one thread; near 1.0 it is the bottleneck
 REQUEST_TIMEOUT_S = 2.0  # past it a request is an error (DEADLINE_EXCEEDED), never retried
+DRAIN_TIMEOUT_S = 30.0  # between windows: wait at most this long for the server's backlog to clear
+DRAIN_PAUSE_S = 2.0  # between windows, for a target without a metrics page
 ARRIVALS = ("uniform", "poisson")
 
 RECOMMEND, FEED = "recommend (gRPC)", "POST /v1/feed"  # the sweeps, as the plot names them
@@ -150,6 +152,11 @@ class Search:
     best_rps: float  # the highest rate that passed (0.0: none did, down to the floor)
     trials: list[tuple[float, bool]]  # (rate, passed) in the order tried
 
+    @property
+    def below_rps(self) -> float | None:
+        """When no rate held: the lowest rate tried (the answer is below it); else None."""
+        return min(r for r, _ in self.trials) if self.best_rps == 0.0 and self.trials else None
+
 
 def search_rate(
     held: Callable[[float], bool],
@@ -225,10 +232,30 @@ def triton_means(before: str, after: str, model: str = "recommend") -> dict[str,
     return out
 
 
+def wait_idle(metrics_url: str | None, model: str = "recommend", timeout_s: float = DRAIN_TIMEOUT_S) -> float:
+    """Wait until the server holds no request of ``model`` (queued or running), so one window's
+    backlog (answers the generator stopped waiting for) does not slow the next; seconds waited.
+    Without a metrics page (the alternatives), a fixed pause."""
+    t0 = time.perf_counter()
+    if not metrics_url:
+        time.sleep(DRAIN_PAUSE_S)
+        return time.perf_counter() - t0
+    pattern = re.compile(rf'^nv_inference_pending_request_count\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', re.M)
+    while time.perf_counter() - t0 < timeout_s:
+        try:
+            pending = sum(float(v) for v in pattern.findall(scrape_metrics(metrics_url)))
+        except OSError:
+            break
+        if pending == 0:
+            break
+        time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
 def scrape(metrics_url: str) -> str:
+    """The metrics page once the requests so far are counted (custom metrics lag by a flush)."""
     try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as r:
-            return r.read().decode()
+        return scrape_metrics(metrics_url, metrics_settle_s())
     except OSError:
         return ""
 
@@ -360,6 +387,7 @@ def sweep(
             after = scrape(metrics_url)
             row["triton_ms"] = triton_means(before, after)
             row["stages_ms"] = stage_means(before, after) if after else {}
+        row["drain_s"] = wait_idle(metrics_url)
         rows.append(row)
         say(f"{label} {fmt_row(row)}")
     return rows

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from genrec.client.recommend_client import RecommendClient
 from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
 from genrec.heldout import heldout_requests
-from genrec.runtime.triton_server import TritonServer
+from genrec.runtime.triton_server import TritonServer, metrics_settle_s, scrape_metrics
 
 NEW_EVENTS = 4  # returning visits per user (one new event each)
 
@@ -104,8 +103,8 @@ def run_visits(server: TritonServer, work: Workload, jobs: list[tuple[int, int]]
 
 
 def scrape(server: TritonServer) -> str:
-    with urllib.request.urlopen(f"http://localhost:{server.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()
+    """The metrics page once the requests so far are counted (custom metrics lag by a flush)."""
+    return scrape_metrics(server.metrics_url, metrics_settle_s())
 
 
 def stage_sums(text: str) -> dict[str, tuple[float, float]]:

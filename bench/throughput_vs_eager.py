@@ -55,6 +55,7 @@ from bench.open_loop import (
     scrape,
     search_rate,
     triton_means,
+    wait_idle,
 )
 from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 
@@ -113,6 +114,7 @@ def find_rate(
             if metrics_url:
                 row["triton_ms"] = triton_means(before, scrape(metrics_url))
             row["passed"] = passes(row)
+            row["drain_s"] = wait_idle(metrics_url)  # the next trial starts on an idle server
             trials.append(row)
             say(f"  {'held' if row['passed'] else 'FAIL'} {fmt_row(row)}")
             return row["passed"]
@@ -123,6 +125,7 @@ def find_rate(
     best = next((t for t in trials if t["offered_rps"] == search.best_rps), None)
     return {
         "rps_at_p99_50ms": search.best_rps,
+        "below_rps": search.below_rps,  # no rate held: the lowest one tried (the answer is below it)
         "warmup_median_ms": service_ms,
         "at_best": best,
         "trials": trials,
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results[name]["protocol"] = protocol
             load.append(list(os.getloadavg()))
-            say(f"{name}: {results[name]['rps_at_p99_50ms']:.1f} req/s at P99 <= {P99_GOAL_MS:.0f} ms")
+            say(f"{name}: {held_text(results[name])} req/s at P99 <= {P99_GOAL_MS:.0f} ms")
             if redis is not None:
                 redis.stop()
                 redis = None
@@ -220,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 @contextmanager
 def _given(url: str) -> Iterator[tuple[str, str | None]]:
     yield url, None
+
+
+def held_text(result: dict[str, Any], fmt: str = "{:.1f}") -> str:
+    """The rate held, or "< r" when none held (r the lowest rate tried), never a bare 0."""
+    below = result.get("below_rps")
+    return f"< {fmt.format(below)}" if below is not None else fmt.format(result["rps_at_p99_50ms"])
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -267,7 +276,7 @@ def plot(path: Path, results: dict[str, dict[str, Any]]) -> None:
     names = list(results)
     ax1.bar(names, [results[n]["rps_at_p99_50ms"] for n in names], color=["C0", "C1", "C2", "C3"][: len(names)])
     for i, n in enumerate(names):
-        ax1.text(i, results[n]["rps_at_p99_50ms"], f"{results[n]['rps_at_p99_50ms']:.0f}", ha="center", va="bottom")
+        ax1.text(i, results[n]["rps_at_p99_50ms"], held_text(results[n], "{:.0f}"), ha="center", va="bottom")
     ax1.set_ylabel(f"requests/s at P99 <= {P99_GOAL_MS:.0f} ms")
     ax1.set_title("throughput at the P99 target (open loop)")
     ax1.tick_params(axis="x", labelsize=8)

@@ -4,10 +4,20 @@ Triton exposes them on its metrics port (``:8002/metrics``) next to its own ``nv
 The adapter passes a factory that makes ``pb_utils.MetricFamily`` objects; unit tests pass a
 recording fake. Names follow Prometheus conventions: ``genrec_`` prefix, base units
 (seconds), ``_total`` on counters.
+
+Recording is off the request path: a request only appends to an in-memory buffer, and
+``MetricsFlusher`` hands the buffer to the families from a background thread every
+``serving.metrics_flush_s``. Each family update is a synchronous round trip from the Python
+backend's stub to the server process; made inline (~14 per request) they cost a lightly loaded
+server more than a busy one (its threads must be woken for each), which made p50 fall as load
+rose (bench/README.md). Counters and gauges are coalesced per flush; histogram observations
+cannot be (the API takes one value per call), so they are replayed one by one, off the path.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,31 +92,74 @@ ALL = (
 FamilyFactory = Callable[[MetricSpec], Any]  # spec -> object with .Metric(labels=..., [buckets=...])
 
 
+MetricKey = tuple[MetricSpec, tuple[tuple[str, str], ...]]  # spec and its extra labels, sorted
+
+
 class ServingMetrics:
+    """Buffers a request's metric updates in memory; ``flush`` sends them to the families."""
+
     def __init__(self, make_family: FamilyFactory, labels: dict[str, str]) -> None:
         self.families = {s.name: make_family(s) for s in ALL}  # kept alive: metrics die with their family
         self.labels = labels
-        self._metrics: dict[tuple[str, tuple], Any] = {}
+        self._metrics: dict[MetricKey, Any] = {}
         self._seen = CacheStats()
         self._ann_failures_seen = 0
+        self._lock = threading.Lock()  # requests append, the flusher thread swaps the buffers out
+        self._observed: defaultdict[MetricKey, list[float]] = defaultdict(list)
+        self._increments: defaultdict[MetricKey, float] = defaultdict(float)
+        self._gauges: dict[MetricKey, float] = {}
 
-    def _metric(self, spec: MetricSpec, **extra: str) -> Any:
-        key = (spec.name, tuple(sorted(extra.items())))
+    def _metric(self, key: MetricKey) -> Any:
         if key not in self._metrics:
-            labels = {**self.labels, **extra}
+            spec, extra = key
+            labels = {**self.labels, **dict(extra)}
             fam = self.families[spec.name]
             self._metrics[key] = (
                 fam.Metric(labels=labels, buckets=list(spec.buckets)) if spec.kind == HISTOGRAM else fam.Metric(labels=labels)
             )
         return self._metrics[key]
 
+    def _observe(self, spec: MetricSpec, value: float, **extra: str) -> None:
+        self._observed[(spec, tuple(sorted(extra.items())))].append(value)
+
+    def _increment(self, spec: MetricSpec, value: float, **extra: str) -> None:
+        self._increments[(spec, tuple(sorted(extra.items())))] += value
+
+    def _set(self, spec: MetricSpec, value: float) -> None:
+        self._gauges[(spec, ())] = value
+
+    def flush(self) -> int:
+        """Send what was recorded since the last flush; returns the number of family updates."""
+        with self._lock:
+            observed, self._observed = self._observed, defaultdict(list)
+            increments, self._increments = self._increments, defaultdict(float)
+            gauges, self._gauges = self._gauges, {}
+        updates = 0
+        for key, values in observed.items():
+            metric = self._metric(key)
+            for v in values:
+                metric.observe(v)
+            updates += len(values)
+        for key, total in increments.items():
+            if total:
+                self._metric(key).increment(total)
+                updates += 1
+        for key, value in gauges.items():
+            self._metric(key).set(value)
+            updates += 1
+        return updates
+
     def record(self, rec: Recommendation, cache: CacheStats | None) -> None:
+        with self._lock:
+            self._record(rec, cache)
+
+    def _record(self, rec: Recommendation, cache: CacheStats | None) -> None:
         for stage in STAGES:
-            self._metric(STAGE_SECONDS, stage=stage).observe(rec.stage_ms[stage] / 1e3)
-        self._metric(REQUEST_SECONDS).observe(sum(rec.stage_ms.values()) / 1e3)
+            self._observe(STAGE_SECONDS, rec.stage_ms[stage] / 1e3, stage=stage)
+        self._observe(REQUEST_SECONDS, sum(rec.stage_ms.values()) / 1e3)
         for stage in CANDIDATE_STAGES:
-            self._metric(CANDIDATES, stage=stage).observe(float(rec.stage_counts[stage]))
-        self._metric(BEAMS_PRUNED).increment(float(rec.stage_counts["beams_pruned"]))
+            self._observe(CANDIDATES, float(rec.stage_counts[stage]), stage=stage)
+        self._increment(BEAMS_PRUNED, float(rec.stage_counts["beams_pruned"]))
         if cache is not None:
             for spec, now, before in (
                 (CACHE_HITS, cache.hits, self._seen.hits),
@@ -115,17 +168,48 @@ class ServingMetrics:
                 (CACHE_ERRORS, cache.errors, self._seen.errors),
             ):
                 if now > before:
-                    self._metric(spec).increment(float(now - before))
+                    self._increment(spec, float(now - before))
             if cache.bytes is not None and cache.entries is not None:  # in-process store only
-                self._metric(CACHE_BYTES).set(float(cache.bytes))
-                self._metric(CACHE_ENTRIES).set(float(cache.entries))
+                self._set(CACHE_BYTES, float(cache.bytes))
+                self._set(CACHE_ENTRIES, float(cache.entries))
             self._seen = CacheStats(cache.hits, cache.misses, cache.evictions, cache.bytes, cache.entries, cache.errors)
 
     def ann_failures(self, total: int) -> None:
         """The ANN index's failed searches so far (``FailSoftIndex.failures``), counted once each."""
-        if total > self._ann_failures_seen:
-            self._metric(ANN_UNAVAILABLE).increment(float(total - self._ann_failures_seen))
-            self._ann_failures_seen = total
+        with self._lock:
+            if total > self._ann_failures_seen:
+                self._increment(ANN_UNAVAILABLE, float(total - self._ann_failures_seen))
+                self._ann_failures_seen = total
 
     def rejected(self, reason: str) -> None:
-        self._metric(REJECTED, reason=reason).increment(1.0)
+        with self._lock:
+            self._increment(REJECTED, 1.0, reason=reason)
+
+
+class MetricsFlusher:
+    """Flushes a ``ServingMetrics`` every ``interval_s`` from a daemon thread, and once on stop."""
+
+    def __init__(self, metrics: ServingMetrics, interval_s: float, on_error: Callable[[BaseException], None] = lambda e: None) -> None:
+        self.metrics, self.interval_s, self.on_error = metrics, interval_s, on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="genrec-metrics-flush", daemon=True)
+
+    def start(self) -> MetricsFlusher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            self.metrics.flush()
+        except Exception as e:  # a failed update must not end the thread: that batch is dropped, the next goes on
+            self.on_error(e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=max(1.0, 2 * self.interval_s))
+        self._flush()

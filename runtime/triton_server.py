@@ -99,6 +99,24 @@ def server_env(pip_runtime: bool) -> dict[str, str]:
     return env
 
 
+def scrape_metrics(url: str, settle_s: float = 0.0, timeout_s: float = 5.0) -> str:
+    """Triton's metrics page. ``settle_s``: wait first, so that the ``recommend`` model's custom
+    metrics, sent from a background thread every ``serving.metrics_flush_s``, include the requests
+    that just ended (pass ``metrics_settle_s()`` where a figure must count them)."""
+    if settle_s > 0:
+        time.sleep(settle_s)
+    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        return r.read().decode()
+
+
+def metrics_settle_s() -> float:
+    """How long after a request its custom metrics are surely on the page (the flush interval of
+    this environment's settings, plus a margin)."""
+    from genrec.settings import named_config
+
+    return named_config("tiny").serving.metrics_flush_s + 0.3  # serving settings: the same in every size
+
+
 class TritonServer:
     """A running tritonserver process: start, wait for readiness, stop."""
 

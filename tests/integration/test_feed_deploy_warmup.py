@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import urllib.request
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ import redis
 from genrec.exporters.publish import publish_run, version_numbers
 from genrec.feed.event_store import ACTIVE_SHARDS, EventStore, active_key
 from genrec.runtime.redis_server import RedisServer
+from genrec.runtime.triton_server import metrics_settle_s, scrape_metrics
 from tests.integration.test_feed_service import _seed
 
 pytestmark = pytest.mark.integration
@@ -97,8 +97,7 @@ def feed_metric(http, name: str, labels: str) -> float:
 
 
 def cache_counts(triton, version: str) -> tuple[float, float]:
-    with urllib.request.urlopen(triton.metrics_url, timeout=10) as r:
-        text = r.read().decode()
+    text = scrape_metrics(triton.metrics_url, metrics_settle_s())  # every request so far counted
     out = []
     for kind in ("hits", "misses"):
         out.append(

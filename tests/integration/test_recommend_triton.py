@@ -7,7 +7,7 @@ BLS execution mode.
 
 from __future__ import annotations
 
-import urllib.request
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from genrec.evaluate import dataset_of
 from genrec.exporters.publish import publish_run
 from genrec.heldout import heldout_requests
 from genrec.reference import ReferencePipeline
+from genrec.runtime.triton_server import metrics_settle_s, scrape_metrics
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.grpc")
@@ -85,9 +86,9 @@ def test_returning_user_hits_the_encoder_cache_with_the_same_answer(server, held
     h = req.history
     cold = client.recommend(h.item, h.action, h.timestamp, h.device, request_time=req.ctx_time)  # no user id: no cache
     early = client.recommend(h.item[:-2], h.action[:-2], h.timestamp[:-2], h.device[:-2], user_id="returning", request_time=req.ctx_time)
-    before = _metric(server, "genrec_encoder_cache_hits_total")
+    before = _metric(server, "genrec_encoder_cache_hits_total", settle_s=metrics_settle_s())
     warm = client.recommend(h.item, h.action, h.timestamp, h.device, user_id="returning", request_time=req.ctx_time)
-    assert _metric(server, "genrec_encoder_cache_hits_total") == before + 1
+    assert _metric_reaches(server, "genrec_encoder_cache_hits_total", before + 1) == before + 1
     np.testing.assert_array_equal(warm.items, cold.items)
     np.testing.assert_allclose(warm.scores, cold.scores, atol=1e-4)
     assert not np.array_equal(early.items, [])
@@ -187,20 +188,23 @@ def test_wrong_dtype_is_refused_by_triton(server):
         c.infer("recommend", ins)
 
 
-def _scrape(server) -> str:
-    with urllib.request.urlopen(f"http://localhost:{server.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()
+def _metric(server, name: str, settle_s: float = 0.0) -> float:
+    text = scrape_metrics(server.metrics_url, settle_s)
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-def _metric(server, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in _scrape(server).splitlines() if line.startswith(name + "{") or line.startswith(name + " ")
-    )
+def _metric_reaches(server, name: str, want: float, timeout_s: float = 5.0) -> float:
+    """The metric once it reaches ``want`` (custom metrics arrive from a background flush), or its
+    value at the deadline (it must not overshoot later either: the caller compares)."""
+    deadline = time.monotonic() + timeout_s
+    while (value := _metric(server, name)) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
 
 
 def test_custom_metrics_are_on_the_metrics_port(server, heldout):
     _call(RecommendClient(server.grpc_url), heldout[0][0], user_id="metrics-user")
-    text = _scrape(server)
+    text = scrape_metrics(server.metrics_url, metrics_settle_s())
     for name in (
         "genrec_recommend_stage_duration_seconds_bucket",
         "genrec_recommend_candidates_bucket",
@@ -238,7 +242,7 @@ def test_encoder_states_in_redis_through_triton(repository, triton_server, heldo
         h = req.history
         client.recommend(h.item[:-1], h.action[:-1], h.timestamp[:-1], h.device[:-1], user_id="redis-user", request_time=req.ctx_time)
         warm = client.recommend(h.item, h.action, h.timestamp, h.device, user_id="redis-user", request_time=req.ctx_time)
-        assert _metric(srv, "genrec_encoder_cache_hits_total") == 1 and _metric(srv, "genrec_encoder_cache_errors_total") == 0
+        assert _metric_reaches(srv, "genrec_encoder_cache_hits_total", 1) == 1 and _metric(srv, "genrec_encoder_cache_errors_total") == 0
         np.testing.assert_array_equal(warm.items, plain.recommend(h.item, h.action, h.timestamp, h.device, request_time=req.ctx_time).items)
         import redis
 

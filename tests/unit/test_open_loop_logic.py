@@ -108,7 +108,9 @@ def test_search_respects_its_trial_budget_and_its_bounds():
     calls = []
     res = search_rate(lambda r: calls.append(r) or r <= 100, 10, step=2, rel_tol=0.01, max_trials=5)
     assert len(calls) == len(res.trials) == 5 and res.best_rps == 80  # 10, 20, 40, 80 held, 160 failed
-    assert search_rate(lambda r: False, 10, floor=1).best_rps == 0.0  # nothing held, down to the floor
+    none = search_rate(lambda r: False, 10, floor=1)
+    assert none.best_rps == 0.0 and none.below_rps == 1, "nothing held, down to the floor: reported as below it"
+    assert search_rate(lambda r: r <= 20, 10).below_rps is None
     assert search_rate(lambda r: True, 10, ceiling=50, max_trials=20).best_rps == 50  # all held up to the ceiling
 
 

@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from genrec.contracts import recommend_contract  # noqa: E402
 from genrec.ensemble.request_validation import kserve_request_args, parse_parameters  # noqa: E402
-from genrec.ensemble.serving_metrics import COUNTER, GAUGE, HISTOGRAM, ServingMetrics  # noqa: E402
+from genrec.ensemble.serving_metrics import COUNTER, GAUGE, HISTOGRAM, MetricsFlusher, ServingMetrics  # noqa: E402
 from genrec.ensemble.serving_setup import build_pipeline, load_setup  # noqa: E402
 from genrec.errors import GenrecError  # noqa: E402
 
@@ -64,6 +64,9 @@ class TritonPythonModel:
             lambda s: pb_utils.MetricFamily(name=s.name, description=s.doc, kind=kinds[s.kind]),
             {"model_version": args["model_version"]},
         )
+        self.flusher = MetricsFlusher(
+            self.metrics, self.setup.cfg.serving.metrics_flush_s, lambda e: pb_utils.Logger.log_warn(f"recommend metrics flush failed: {e}")
+        ).start()
 
     def execute(self, requests: list) -> list:
         return [self._one(r) for r in requests]
@@ -97,6 +100,7 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommend failed: {e}", pb_utils.TritonError.INTERNAL))
 
     def finalize(self) -> None:
+        self.flusher.stop()
         close = getattr(self.pipeline.ann, "close", None)
         if close:
             close()
