@@ -214,7 +214,8 @@ class ServingConfig:
     watchdog_failures: int = 3  # failed canaries in a row (no progress) before unload + load
     exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs; what is left after it is killed
     # recommend's custom metrics reach Triton's metrics port from a background thread at this
-    # interval (ensemble/serving_metrics.py: sent inline they slowed a lightly loaded server)
+    # interval (ensemble/serving_metrics.py: sent inline they slowed a lightly loaded server);
+    # 0 = inline, on the request path (bench/profile_recommend.py compares the two)
     metrics_flush_s: float = 1.0
 
     def __post_init__(self) -> None:

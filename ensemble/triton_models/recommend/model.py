@@ -64,12 +64,18 @@ class TritonPythonModel:
             lambda s: pb_utils.MetricFamily(name=s.name, description=s.doc, kind=kinds[s.kind]),
             {"model_version": args["model_version"]},
         )
-        self.flusher = MetricsFlusher(
-            self.metrics, self.setup.cfg.serving.metrics_flush_s, lambda e: pb_utils.Logger.log_warn(f"recommend metrics flush failed: {e}")
-        ).start()
+        flush_s = self.setup.cfg.serving.metrics_flush_s  # 0: inline, on the request path (the old way, for comparison)
+        self.flusher = (
+            MetricsFlusher(self.metrics, flush_s, lambda e: pb_utils.Logger.log_warn(f"recommend metrics flush failed: {e}")).start()
+            if flush_s > 0
+            else None
+        )
 
     def execute(self, requests: list) -> list:
-        return [self._one(r) for r in requests]
+        responses = [self._one(r) for r in requests]
+        if self.flusher is None:  # metrics_flush_s = 0: on the request path
+            self.metrics.flush()
+        return responses
 
     def _one(self, request):
         try:
@@ -100,7 +106,8 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommend failed: {e}", pb_utils.TritonError.INTERNAL))
 
     def finalize(self) -> None:
-        self.flusher.stop()
+        if self.flusher is not None:
+            self.flusher.stop()
         close = getattr(self.pipeline.ann, "close", None)
         if close:
             close()
