@@ -5,6 +5,7 @@ Pure numpy, shared by the PyTorch reference pipeline and the Triton ``recommend`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,36 @@ def prerank_scores(c: Candidates, sim_weight: float) -> np.ndarray:
     return c.gen_logprob + sim_weight * c.ann_sim
 
 
+# the per-candidate signals the target-aware pre-ranker combines with its attention score
+# (genrec.models.target_prerank; the target_prerank graph's ``features`` columns)
+PRERANK_FEATURES = ("gen_logprob", "log_beam_rank", "in_gen", "ann_sim", "in_ann", "log_popularity")
+
+
+def prerank_features(c: Candidates, log_popularity: np.ndarray) -> np.ndarray:
+    """(n, len(PRERANK_FEATURES)) float32: the target pre-ranker's feature rows of the candidates."""
+    return np.column_stack(
+        [c.gen_logprob, np.log1p(c.beam_rank.astype(np.float64)), c.in_gen, c.ann_sim, c.in_ann, log_popularity[c.items]]
+    ).astype(np.float32)
+
+
+# (item_vectors (n, d), features (n, F)) -> (n,) scores of one microbatch against the request's memory
+MicrobatchScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Prerank = Callable[[Candidates], np.ndarray]  # a request's candidates -> their pre-rank scores
+
+
+def target_prerank(score: MicrobatchScorer, item_vectors: np.ndarray, log_popularity: np.ndarray, microbatch: int) -> Prerank:
+    """The target-aware pre-rank of one request: its candidates in microbatches of ``microbatch``
+    (each candidate attends to the request's memory, not to the others, so the split does not
+    change a score). ``score`` runs the model (the PyTorch module or the target_prerank graph)."""
+
+    def run(c: Candidates) -> np.ndarray:
+        vecs, feats = item_vectors[c.items], prerank_features(c, log_popularity)
+        parts = [score(vecs[i : i + microbatch], feats[i : i + microbatch]) for i in range(0, len(c), microbatch)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    return run
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, best first; ties go to the lower index (deterministic)."""
     return np.argsort(-scores, kind="stable")[:k]
@@ -99,16 +130,18 @@ def cascade(
     items: ItemTable,
     prerank_weight: float,
     popular: np.ndarray,
+    prerank: Prerank | None = None,
 ) -> CascadeTrace:
     """Candidates (generated + ANN, + popular items for an empty history) -> pre-rank -> the kept
-    ones with their ranker features. The ranker itself runs outside (LightGBM or Triton)."""
+    ones with their ranker features. The ranker itself runs outside (LightGBM or Triton).
+    ``prerank``: the request's target-aware pre-rank (``target_prerank``); None: the dot pre-rank."""
     if len(req.history) == 0:
         pop = popular[: COLD_START_POPULAR + (0 if req.excluded is None else len(req.excluded))]
         if req.excluded is not None:
             pop = pop[~np.isin(pop, req.excluded)]
         ann_items = np.concatenate([ann_items, pop[~np.isin(pop, ann_items)][:COLD_START_POPULAR]])
     cands = merge(gen, ann_items, user_vec, item_vectors, opts.max_candidates)
-    pre = prerank_scores(cands, prerank_weight)
+    pre = prerank_scores(cands, prerank_weight) if prerank is None or len(cands) == 0 else prerank(cands)
     kept = top_k(pre, opts.prerank_keep)
     feats = ranking_features(cands.take(kept), pre[kept], items, req.history.item, req.history.timestamp, float(req.request_time()))
     return CascadeTrace(gen, cands, pre, kept, feats)

@@ -3,6 +3,10 @@
     validate -> encode (per-user state cache, history compression) -> constrained beam search
     (KV-cached decoder) -> ANN (Milvus) -> merge to ~1000 -> pre-rank to 100 -> ranker to 10
 
+Pre-rank is the dot pre-rank, or with ``pipeline.prerank = "target_attention"`` and a pinned
+``target_prerank`` graph, the target-aware one: the candidates in microbatches against the
+request's encoder memory (the same memory the decoder got; no extra encoder work).
+
 Every model call goes through a ``Runner`` ``(model, feeds) -> outputs``: in-process
 onnxruntime sessions or Triton BLS requests, chosen by ``ServingConfig.execution``. The stages
 are the same functions the PyTorch reference (``genrec.reference``) uses; only the model calls
@@ -17,10 +21,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from genrec.contracts import ENCODER, RANKER, all_contracts
+from genrec.contracts import ENCODER, RANKER, TARGET_PRERANK, pinnable_contracts
 from genrec.data.schema import History
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
-from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
+from genrec.ensemble.cascade import CascadeTrace, Prerank, cascade, target_prerank, top_k
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_state import EncodedRequest, EncoderState, Geometry, IncrementalEncoder
 from genrec.ensemble.onnx_decoder import DecoderGraphs, OnnxDecoderStep, OnnxUncachedStep, Runner
@@ -51,9 +55,13 @@ class ServingPipeline:
         kv_cache: bool = True,
         compression: bool | None = None,
         blocks_per_call: int | None = None,
+        has_target_prerank: bool = False,
     ) -> None:
+        """``has_target_prerank``: the runner serves the ``target_prerank`` graph (the version
+        pins one); without it the pipeline pre-ranks by "dot" whatever ``pipeline.prerank`` says."""
         self.cfg, self.cat, self.ann = cfg, catalogue, ann
-        contracts = {c.name: c for c in all_contracts(cfg)}
+        self.prerank_mode = cfg.pipeline.prerank if has_target_prerank else "dot"
+        contracts = {c.name: c for c in pinnable_contracts(cfg)}
         # every graph call checked against its contract (names, dtypes, ranks, caps), whichever runner
         self.run: Runner = lambda model, feeds: run(model, contracts[model].check_feeds(feeds))
         self.encoder_cache = encoder_cache
@@ -86,9 +94,23 @@ class ServingPipeline:
             return np.zeros(0, dtype=np.int64)
         return search_excluding(self.ann, user[None], req.options.ann_candidates, [req.excluded])[0]
 
-    def prerank(self, gen: Generated, user: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
+    def target_scorer(self, enc: EncodedRequest) -> Prerank | None:
+        """The request's target-aware pre-rank over the ``target_prerank`` graph, or None (dot)."""
+        if self.prerank_mode != "target_attention":
+            return None
+        memory, logw = np.ascontiguousarray(enc.memory, np.float32), np.ascontiguousarray(enc.memory_logw, np.float32)
+
+        def score(vecs: np.ndarray, feats: np.ndarray) -> np.ndarray:
+            (s,) = self.run(TARGET_PRERANK, {"memory": memory, "memory_logw": logw, "item_vectors": vecs, "features": feats})
+            return s
+
         c = self.cat
-        return cascade(gen, user, ann_items, req, req.options, c.item_vectors, c.items, c.prerank_weight, c.popular)
+        return target_prerank(score, c.item_vectors, c.items.log_popularity, self.cfg.pipeline.prerank_microbatch)
+
+    def prerank(self, gen: Generated, enc: EncodedRequest, user: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
+        c = self.cat
+        pre = self.target_scorer(enc)
+        return cascade(gen, user, ann_items, req, req.options, c.item_vectors, c.items, c.prerank_weight, c.popular, pre)
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
         (score,) = self.run(RANKER, {"features": np.ascontiguousarray(trace.features, dtype=np.float32)})
@@ -123,11 +145,12 @@ def timed_recommendation(
     encode: Callable[[RecommendRequest], tuple[Any, str]],
     generate: Callable[[Any, RecommendRequest], tuple[Generated, int]],
     retrieve: Callable[[np.ndarray, RecommendRequest], np.ndarray],
-    prerank: Callable[[Generated, np.ndarray, np.ndarray, RecommendRequest], CascadeTrace],
+    prerank: Callable[[Generated, Any, np.ndarray, np.ndarray, RecommendRequest], CascadeTrace],
     rank: Callable[[CascadeTrace, int], tuple[np.ndarray, np.ndarray]],
 ) -> Recommendation:
     """One request through the stages, timed, with the candidate counts the metrics report. The
-    encoder output needs ``user`` ((d,) or (1, d)) and ``memory_logw``; generate gets it as is."""
+    encoder output needs ``user`` ((d,) or (1, d)) and ``memory_logw``; generate and pre-rank get
+    it as is (the target-aware pre-rank attends to its memory)."""
     t = [time.perf_counter()]
     enc, outcome = encode(req)
     t.append(time.perf_counter())
@@ -136,7 +159,7 @@ def timed_recommendation(
     user = np.asarray(enc.user).reshape(-1)
     ann = retrieve(user, req)
     t.append(time.perf_counter())
-    trace = prerank(gen, user, ann, req)
+    trace = prerank(gen, enc, user, ann, req)
     t.append(time.perf_counter())
     items, scores = rank(trace, req.options.final_k)
     t.append(time.perf_counter())

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from genrec.contracts import all_contracts
+from genrec.contracts import TARGET_PRERANK, pinnable_contracts
 from genrec.ensemble.catalogue import Catalogue
 from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_decoder import Runner
@@ -41,7 +41,9 @@ class ServingSetup:
         return self.repository / model / str(self.pinned[model]) / "model.onnx"
 
     def outputs(self) -> dict[str, list[str]]:
-        return {c.name: [t.name for t in c.outputs] for c in all_contracts(self.cfg)}
+        """Output names of each graph this version pins (a version published before the
+        ``target_prerank`` graph existed pins the other four and pre-ranks by "dot")."""
+        return {c.name: [t.name for t in c.outputs] for c in pinnable_contracts(self.cfg) if c.name in self.pinned}
 
 
 def write_serving_file(version_dir: Path, cfg: Config, pinned: Mapping[str, int], source_run: str) -> None:
@@ -97,4 +99,12 @@ def build_pipeline(setup: ServingSetup, bls: Runner | None = None, instance: str
         run = OnnxSessionRunner({m: setup.graph_path(m) for m in outputs}, outputs, cfg.serving.ort_threads)
     catalogue = Catalogue.load(setup.version_dir)
     cache = make_state_store(cfg, setup.graph_path("ugt_encoder"))
-    return ServingPipeline(cfg, catalogue, run, make_ann(cfg, catalogue, instance), cache, kv_cache=cfg.serving.kv_cache)
+    return ServingPipeline(
+        cfg,
+        catalogue,
+        run,
+        make_ann(cfg, catalogue, instance),
+        cache,
+        kv_cache=cfg.serving.kv_cache,
+        has_target_prerank=TARGET_PRERANK in setup.pinned,
+    )

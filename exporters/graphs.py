@@ -10,6 +10,7 @@ from torch import nn
 
 from genrec.models import members
 from genrec.models.moe_decoder import N_LEVELS, MoEDecoder
+from genrec.models.target_prerank import TargetPrerank
 from genrec.models.ugt_encoder import UGTEncoder
 
 PAD_LOGIT = -1e9  # logits of codes past a level's codebook size
@@ -68,3 +69,14 @@ class DecoderStepGraph(nn.Module):
         h = dec.ln_out(x)
         logits = h @ self.head_w[s].T + self.head_b[s]
         return logits, torch.stack(present_k), torch.stack(present_v)
+
+
+class TargetPrerankGraph(nn.Module):
+    """One request's microbatch of candidates against its encoder memory (the module's batch of one)."""
+
+    def __init__(self, model: TargetPrerank) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, memory, memory_logw, item_vectors, features):
+        return self.model(memory[None], memory_logw[None], item_vectors[None], features[None])[0]

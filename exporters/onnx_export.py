@@ -24,17 +24,20 @@ from genrec.contracts import (
     decoder_step_contract,
     encoder_contract,
     ranker_contract,
+    target_prerank_contract,
 )
 from genrec.data.schema import History
 from genrec.ensemble.encoder_state import IncrementalEncoder
-from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
+from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph, TargetPrerankGraph
 from genrec.models.ugt_encoder import event_tokens
 
 OPSET = 17
 RANKER_OPSET = 15  # the highest onnxmltools 1.16 converts LightGBM to
 # fp32 graphs re-associate sums (fused kernels, other matmul blocking): 1e-4 absolute on
 # outputs of magnitude ~1-10 is rounding, not a bug. Trees are exact up to float32 rounding.
-TOLERANCE = {"ugt_encoder": 1e-3, "decoder_cross_kv": 1e-4, "decoder_step": 1e-3, "ranker": 1e-4}
+# target_prerank: scores of magnitude ~1-30 (generation log-probs and similarities through one
+# attention layer and a small MLP): 1e-4 absolute is float32 rounding of the re-associated sums.
+TOLERANCE = {"ugt_encoder": 1e-3, "decoder_cross_kv": 1e-4, "decoder_step": 1e-3, "ranker": 1e-4, "target_prerank": 1e-4}
 
 
 @dataclass
@@ -249,6 +252,47 @@ def export_decoder(
             return [o.numpy() for o in step_g(*(torch.from_numpy(feeds[t.name]) for t in step_c.inputs))]
 
     return cross_parity, _compare(step_c.name, step_cases, ref_step, session(step_path))
+
+
+# ---- target-aware pre-ranker -------------------------------------------------------------------
+def target_prerank_cases(
+    b: ModelBundle, requests: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], seed: int = 4
+) -> list[dict[str, np.ndarray]]:
+    """Real cases (each request's memory with its candidates in the serving path's microbatches,
+    the last one short) and random ones (one memory entry / one candidate up to the caps)."""
+    c = target_prerank_contract(b.cfg)
+    mb = b.cfg.pipeline.prerank_microbatch
+    cases = []
+    for mem, logw, vecs, feats in requests:
+        for i in range(0, len(vecs), mb):
+            cases.append({"memory": mem, "memory_logw": logw, "item_vectors": vecs[i : i + mb], "features": feats[i : i + mb]})
+    rng = np.random.default_rng(seed)
+    d, f = b.cfg.encoder.d_model, c.inputs[3].dims[1]
+    assert isinstance(f, int)
+    for m, n in ((1, 1), (7, 33), (min(97, c.caps["memory"]), c.caps["candidates"])):
+        cases.append(
+            {
+                "memory": rng.normal(size=(m, d)).astype(np.float32),
+                "memory_logw": np.log(rng.integers(1, 9, m)).astype(np.float32),
+                "item_vectors": rng.normal(size=(n, d)).astype(np.float32),
+                "features": rng.normal(size=(n, f)).astype(np.float32) * 3,
+            }
+        )
+    return cases
+
+
+def export_target_prerank(b: ModelBundle, path: Path, cases: list[dict[str, np.ndarray]]) -> Parity:
+    c = target_prerank_contract(b.cfg)
+    assert b.target_prerank is not None
+    graph = TargetPrerankGraph(b.target_prerank).eval()
+    example = tuple(torch.from_numpy(cases[0][t.name]) for t in c.inputs)
+    _export(graph, example, c, path)
+
+    def ref(feeds):
+        with torch.no_grad():
+            return [graph(*(torch.from_numpy(feeds[t.name]) for t in c.inputs)).numpy()]
+
+    return _compare(c.name, cases, ref, session(path))
 
 
 # ---- ranker ----------------------------------------------------------------------------------

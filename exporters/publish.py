@@ -35,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from genrec.artifacts import now_iso, versions, write_json
-from genrec.contracts import AD_CTR, ModelContract, all_contracts
+from genrec.contracts import AD_CTR, TARGET_PRERANK, ModelContract, all_contracts, pinnable_contracts
 from genrec.exporters.pbtxt import render
 
 
@@ -255,8 +255,27 @@ def export_run(run: Path, out_dir: Path, progress=print) -> dict[str, tuple[Path
     results["decoder_cross_kv"] = (out_dir / "decoder_cross_kv.onnx", cross.as_dict())
     results["decoder_step"] = (out_dir / "decoder_step.onnx", step.as_dict())
     progress("[export] ranker")
-    _, traces = pipe.traces(reqs[:2])
+    enc2, traces = pipe.traces(reqs[:2])
     results["ranker"] = (out_dir / "ranker.onnx", export_ranker(b, out_dir / "ranker.onnx", traces[0].features).as_dict())
+    if b.target_prerank is not None:  # a run trained before the target pre-ranker publishes the other graphs only
+        from genrec.ensemble.cascade import prerank_features
+        from genrec.exporters.onnx_export import export_target_prerank, target_prerank_cases
+
+        progress("[export] target_prerank")
+        real = []
+        for row, tr in enumerate(traces):
+            seen = torch.isfinite(enc2.memory_logw[row])
+            c = tr.candidates
+            real.append(
+                (
+                    enc2.memory[row][seen].numpy(),
+                    enc2.memory_logw[row][seen].numpy(),
+                    b.item_vectors[c.items],
+                    prerank_features(c, b.items.log_popularity),
+                )
+            )
+        parity = export_target_prerank(b, out_dir / "target_prerank.onnx", target_prerank_cases(b, real))
+        results[TARGET_PRERANK] = (out_dir / "target_prerank.onnx", parity.as_dict())
     if has_ad_ctr(run):
         from genrec.exporters.onnx_export import export_ad_ctr
 
@@ -323,7 +342,7 @@ def publish_run(
     run = Path(run).resolve()
     bundle = load_bundle(run)
     cfg = bundle.cfg
-    contracts = {c.name: c for c in all_contracts(cfg)}
+    contracts = {c.name: c for c in pinnable_contracts(cfg)}
     staging = _side_dir(Path(repository), "staging") / f"export-{os.getpid()}"
     try:
         exported = export_run(run, staging, progress)

@@ -53,6 +53,16 @@ def representative_feeds(cfg: Config) -> dict[str, dict[str, dict[str, np.ndarra
             "cross_bias": np.zeros((r, m), np.float32),
         }
 
+    def prerank(n: int, m: int) -> dict[str, np.ndarray]:
+        from genrec.ensemble.cascade import PRERANK_FEATURES
+
+        return {
+            "memory": rng.normal(size=(m, d)).astype(np.float32),
+            "memory_logw": np.zeros(m, np.float32),
+            "item_vectors": rng.normal(size=(n, d)).astype(np.float32),
+            "features": rng.normal(size=(n, len(PRERANK_FEATURES))).astype(np.float32),
+        }
+
     return {
         "ugt_encoder": {"batch1": enc(1), "typical": enc(e.block_tokens)},
         "decoder_cross_kv": {
@@ -63,6 +73,11 @@ def representative_feeds(cfg: Config) -> dict[str, dict[str, dict[str, np.ndarra
         "ranker": {
             "batch1": {"features": rng.normal(size=(1, 14)).astype(np.float32)},
             "typical": {"features": rng.normal(size=(cfg.pipeline.prerank_keep, 14)).astype(np.float32)},
+        },
+        # one candidate, and one microbatch of candidates, against a returning user's memory (+ CTX)
+        "target_prerank": {
+            "batch1": prerank(1, ctx + 1),
+            "typical": prerank(min(cfg.pipeline.prerank_microbatch, cfg.pipeline.max_candidates), ctx + 1),
         },
     }
 

@@ -10,6 +10,7 @@ Layout of ``artifacts/runs/<config>-<NNN>/``::
     item_table.npz       category, author, kind, log popularity
     rqvae.pt encoder.pt decoder.pt sasrec.pt ranker.txt
     pipeline.json        fitted pre-rank weight
+    target_prerank.{pt,json}  the target-aware pre-ranker (absent in runs trained before it)
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from genrec.ensemble.ranking_features import ItemTable
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.rqvae import SemanticIds, codebook_triple
 from genrec.models.sasrec import SASRec
+from genrec.models.target_prerank import TargetPrerank
+from genrec.models.target_prerank import load as load_target_prerank
 from genrec.models.ugt_encoder import UGTEncoder
 from genrec.settings import Config, config_from_dict
 
@@ -46,6 +49,7 @@ class ModelBundle:
     n_devices: int
     n_segments: int
     manifest: dict
+    target_prerank: TargetPrerank | None = None  # None: the run pre-ranks by "dot" only
 
     @property
     def n_items(self) -> int:
@@ -110,6 +114,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         manifest["n_devices"],
         manifest["n_segments"],
         manifest,
+        load_target_prerank(path),
     )
     b.refresh_item_vectors()
     return b

@@ -28,6 +28,7 @@ ENCODER = "ugt_encoder"
 DECODER_CROSS_KV = "decoder_cross_kv"
 DECODER_STEP = "decoder_step"
 RANKER = "ranker"
+TARGET_PRERANK = "target_prerank"
 RECOMMEND = "recommend"
 AD_CTR = "ad_ctr"
 FEED_CANDIDATES = "feed_candidates"
@@ -222,6 +223,29 @@ def ranker_contract(cfg: Config) -> ModelContract:
     )
 
 
+def target_prerank_contract(cfg: Config) -> ModelContract:
+    from genrec.ensemble.cascade import PRERANK_FEATURES
+
+    d = cfg.encoder.d_model
+    return ModelContract(
+        TARGET_PRERANK,
+        inputs=(
+            TensorSpec("memory", "FP32", ("memory", d), "the request's encoder memory (cached state + CTX), as the decoder gets it"),
+            TensorSpec("memory_logw", "FP32", ("memory",), "log of the tokens each memory entry stands for"),
+            TensorSpec("item_vectors", "FP32", ("candidates", d), "one microbatch of candidates: their item vectors"),
+            TensorSpec(
+                "features",
+                "FP32",
+                ("candidates", len(PRERANK_FEATURES)),
+                "their cheap signals, columns genrec.ensemble.cascade.PRERANK_FEATURES",
+            ),
+        ),
+        outputs=(TensorSpec("score", "FP32", ("candidates",), "pre-rank score of each candidate (higher is better)"),),
+        caps={"memory": memory_cap(cfg), "candidates": cfg.pipeline.max_candidates},
+        doc="Target-aware pre-rank: each candidate attends to the user's encoder memory (not to the other candidates).",
+    )
+
+
 def recommend_contract(cfg: Config) -> ModelContract:
     p = cfg.pipeline
     hist = lambda name, dtype, doc: TensorSpec(name, dtype, ("events",), doc)  # noqa: E731
@@ -325,3 +349,11 @@ def feed_candidates_contract(cfg: Config) -> ModelContract:
 def all_contracts(cfg: Config) -> list[ModelContract]:
     """The ONNX graphs (published from a trained run); ``recommend`` pins one version of each."""
     return [encoder_contract(cfg), decoder_cross_kv_contract(cfg), decoder_step_contract(cfg), ranker_contract(cfg)]
+
+
+def pinnable_contracts(cfg: Config) -> list[ModelContract]:
+    """Every graph a ``recommend`` version may pin: ``all_contracts`` and ``target_prerank``, which
+    only runs trained with the target-aware pre-ranker publish (a version without it pre-ranks by
+    "dot"). Its config.pbtxt is written at its first publish, not committed: a repository folder
+    with a config and no version would keep a strict-readiness server from being ready."""
+    return [*all_contracts(cfg), target_prerank_contract(cfg)]

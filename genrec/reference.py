@@ -6,7 +6,9 @@ the naive baseline the benchmarks compare against.
 2. beam search over semantic IDs, constrained by the catalogue trie (and the request's excluded
    items), with or without the decoder KV cache;
 3. merge with ANN neighbours of the user vector (exact search here);
-4. pre-rank to ``prerank_keep`` (100);
+4. pre-rank to ``prerank_keep`` (100): the dot pre-rank, or the target-aware one
+   (``genrec.models.target_prerank``, the PyTorch module the ``target_prerank`` graph is
+   exported from) when ``pipeline.prerank`` says so and the run trained it;
 5. LightGBM ranker to ``final_k`` (10).
 
 Empty history is the documented cold-start path: the encoder still sees the USER and CTX
@@ -24,7 +26,7 @@ import torch
 from genrec.batching import event_tokens, token_batches
 from genrec.bundle import ModelBundle
 from genrec.ensemble.beam_search import Generated, beam_search, generated_items
-from genrec.ensemble.cascade import CascadeTrace, cascade, top_k
+from genrec.ensemble.cascade import CascadeTrace, Prerank, cascade, target_prerank, top_k
 from genrec.ensemble.request_types import Recommendation, RecommendRequest
 from genrec.ensemble.request_validation import validate_for_catalogue
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex, search_excluding
@@ -79,9 +81,13 @@ class ReferencePipeline:
         kv_cache: bool = True,
         encoder_cache: StateCache | None = None,
         ann: AnnIndex | None = None,
+        prerank: str | None = None,
     ) -> None:
+        """``prerank``: "dot" or "target_attention" (default ``pipeline.prerank``); a run
+        without the target pre-ranker pre-ranks by "dot", as its served versions do."""
         self.b = bundle
         self.cfg = bundle.cfg.pipeline
+        self.prerank_choice = prerank or self.cfg.prerank
         self.compression = bundle.cfg.encoder.compression if compression is None else compression
         self.kv_cache = kv_cache
         self.encoder_cache = encoder_cache
@@ -138,10 +144,32 @@ class ReferencePipeline:
         result = beam_search(stepper, trie, widths, len(reqs), excluded)
         return generated_items(result, trie, excluded), result.pruned
 
-    def cascade(self, gen: Generated, user_vec: np.ndarray, ann_items: np.ndarray, req: RecommendRequest) -> CascadeTrace:
+    @property
+    def prerank_mode(self) -> str:
+        # read at each call: training fits the pre-ranker after building this pipeline
+        return self.prerank_choice if self.b.target_prerank is not None else "dot"
+
+    def target_scorer(self, memory: torch.Tensor, memory_logw: torch.Tensor) -> Prerank | None:
+        """One request's target-aware pre-rank over its encoder memory ((M, d), (M,)), or None (dot)."""
+        model = self.b.target_prerank
+        if self.prerank_mode != "target_attention" or model is None:
+            return None
+        logw = memory_logw.numpy()
+        keep = np.isfinite(logw)  # padding of a batch, or entries the CTX token does not see
+        mem, lw = memory.numpy()[keep], logw[keep]
         c = self.catalogue
+        return target_prerank(
+            lambda v, f: model.score_request(mem, lw, v, f), c.item_vectors, c.items.log_popularity, self.cfg.prerank_microbatch
+        )
+
+    def cascade(
+        self, gen: Generated, enc: EncoderOutput, user_vec: np.ndarray, ann_items: np.ndarray, req: RecommendRequest
+    ) -> CascadeTrace:
+        """``enc``: this request's encoder output (batch of one), whose memory the target pre-rank attends to."""
+        c = self.catalogue
+        pre = self.target_scorer(enc.memory[0], enc.memory_logw[0])
         # the bundle's weight, not the catalogue snapshot's: training fits it after building this pipeline
-        return cascade(gen, user_vec, ann_items, req, req.options, c.item_vectors, c.items, self.b.prerank_weight, c.popular)
+        return cascade(gen, user_vec, ann_items, req, req.options, c.item_vectors, c.items, self.b.prerank_weight, c.popular, pre)
 
     def rank(self, trace: CascadeTrace, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.b.ranker is None:  # before the ranker is trained (training uses the pre-rank order)
@@ -166,8 +194,8 @@ class ReferencePipeline:
             user = enc.user.numpy()
             anns = self.retrieve(user, batch)
             for row, i in enumerate(idx):
-                traces[i] = self.cascade(gens[row], user[row], anns[row], batch[row])
                 outs[i] = EncoderOutput(enc.memory[row : row + 1], enc.memory_logw[row : row + 1], enc.user[row : row + 1])
+                traces[i] = self.cascade(gens[row], outs[i], user[row], anns[row], batch[row])
         return stack_outputs([o for o in outs if o is not None]), [t for t in traces if t is not None]
 
     def retrieve(self, user: np.ndarray, reqs: list[RecommendRequest]) -> list[np.ndarray]:

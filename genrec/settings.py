@@ -16,6 +16,10 @@ from typing import Any
 
 ENV_PREFIX = "GENREC_"
 DATA_PRESETS = ("default", "realistic")
+# pre-rank of the ~1000 candidates to prerank_keep: "dot" = generation log-prob + w x (user .
+# item), w fitted by genrec-train; "target_attention" = genrec.models.target_prerank (each
+# candidate attends to the user's cached encoder memory; bench/results/prerank_compare.json)
+PRERANKERS = ("dot", "target_attention")
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,12 @@ class TrainConfig:
     # batches per generative epoch at most (0 = every batch): a run whose cost, not its quality,
     # is the point (bench/catalogue_scale.py trains 1M-item catalogues with it)
     max_steps: int = 0
+    # the target-aware pre-ranker (genrec.models.target_prerank), fitted on the cascade's
+    # candidates of the ranker users (epochs: with pipeline.prerank "target_attention", at most this many, picked on held-out folds)
+    prerank_epochs: int = 12
+    prerank_lr: float = 5e-3
+    prerank_batch_users: int = 64
+    prerank_random_negatives: int = 32  # per list, besides the target and the dot pre-rank's best prerank_keep
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,14 @@ class PipelineConfig:
     # block through the incremental encoder (same outputs) instead of padded dense attention.
     token_budget: int = 16_384
     dense_max_events: int = 256
+    prerank: str = "dot"  # one of PRERANKERS; a version without the target_prerank graph serves "dot"
+    prerank_microbatch: int = 256  # candidates per target_prerank call (each sees the history, not the others)
+
+    def __post_init__(self) -> None:
+        if self.prerank not in PRERANKERS:
+            raise ValueError(f"pipeline.prerank={self.prerank!r}: expected one of {', '.join(map(repr, PRERANKERS))}")
+        if self.prerank_microbatch < 1:
+            raise ValueError(f"pipeline.prerank_microbatch={self.prerank_microbatch}: at least 1")
 
 
 class Execution(str, Enum):

@@ -1,9 +1,10 @@
 """Train everything from data to checkpoints: semantic IDs, UGT encoder + MoE decoder, the
-SASRec baseline, the pre-rank weight, the LightGBM ranker and the ads' pCTR network.
+SASRec baseline, the pre-rank weight, the target-aware pre-ranker, the LightGBM ranker and the ads' pCTR network.
 
     genrec-train --config tiny                 # ~1 minute on 2 cores
     genrec-train --config small                # the default demo
     genrec-train --config small --movielens path/to/u.data
+    genrec-train --refit-cascade artifacts/runs/tiny-001 --prerank target_attention   # cascade only
 
 The run lands in ``artifacts/runs/<config>-<NNN>/`` (never overwritten); see ``genrec.bundle``.
 """
@@ -31,17 +32,20 @@ from genrec.data.movielens import load_movielens
 from genrec.data.schema import Dataset
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
-from genrec.ensemble.cascade import prerank_scores, top_k
+from genrec.ensemble.cascade import PRERANK_FEATURES, prerank_features, prerank_scores, top_k
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.heldout import heldout_requests, history_slice
 from genrec.item_features import item_feature_matrix
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.rqvae import train_rqvae
 from genrec.models.sasrec import SASRec, left_pad
+from genrec.models.target_prerank import PrerankList, PrerankSpec
+from genrec.models.target_prerank import fit as fit_prerank
+from genrec.models.target_prerank import save as save_target_prerank
 from genrec.models.ugt_encoder import UGTEncoder, build_tokens
 from genrec.ranker import train_ranker
 from genrec.reference import ReferencePipeline
-from genrec.settings import DATA_PRESETS, Config, named_config
+from genrec.settings import DATA_PRESETS, PRERANKERS, Config, named_config
 
 PRERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -266,16 +270,20 @@ def train_sasrec(ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = Fa
 
 
 def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exclude_seen: bool = False) -> dict[str, object]:
-    """Choose the pre-rank weight, then train the ranker, on validation targets (under the
-    evaluation protocol: with ``exclude_seen`` the requests exclude the user's earlier items)."""
+    """Choose the pre-rank weight, fit the target-aware pre-ranker, then train the ranker behind
+    the configured pre-rank (``pipeline.prerank``), on validation targets (under the evaluation
+    protocol: with ``exclude_seen`` the requests exclude the user's earlier items)."""
     rng = np.random.default_rng(cfg.train.seed + 1)
     users = rng.choice(split.eligible_users, size=min(cfg.train.ranker_users, split.eligible_users.size), replace=False)
-    pipeline = ReferencePipeline(bundle)
+    pipeline = ReferencePipeline(bundle, prerank="dot")  # the candidates do not depend on the pre-rank
     reqs, targets = heldout_requests(ds, split, users, pipeline.cfg, target="validation", exclude_seen=exclude_seen)
-    traces = []
+    traces, memories = [], []
     for i in range(0, len(reqs), 32):
-        _, batch_traces = pipeline.traces(reqs[i : i + 32])  # within pipeline.token_budget tokens per batch
+        enc, batch_traces = pipeline.traces(reqs[i : i + 32])  # within pipeline.token_budget tokens per batch
         traces += batch_traces
+        for row in range(len(batch_traces)):
+            seen = torch.isfinite(enc.memory_logw[row])  # the batch's padding dropped
+            memories.append((enc.memory[row][seen].numpy(), enc.memory_logw[row][seen].numpy()))
         if (i // 32) % 10 == 0:
             log(f"  cascade traces {min(i + 32, len(reqs))}/{len(reqs)}")
     keep = cfg.pipeline.prerank_keep
@@ -286,29 +294,86 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exc
     best = max(PRERANK_WEIGHT_GRID, key=lambda w: (recall[w], -w))
     bundle.prerank_weight = best
     log(f"  pre-rank weight {best} (recall@{keep} of the pre-rank: " + ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()) + ")")
+    target_scores, target_report = fit_target_prerank(bundle, traces, memories, targets, best, cfg)
+    held = target_report["oof_recall"]
+    log(
+        f"  target-aware pre-ranker: {target_report['epochs']} epochs in {target_report['seconds']:.1f}s"
+        + (f", held-out-fold recall@{keep} {held:.3f} (untrained = dot: {target_report['fold_recall'][0]:.3f})" if held is not None else "")
+    )
+    # the ranker is fitted behind the configured pre-rank; with the target pre-rank, on its
+    # held-out-fold scores (the scores it will see when serving, not in-sample ones)
+    pres = target_scores if target_scores is not None else [prerank_scores(tr.candidates, best) for tr in traces]
     feats, labels = [], []
-    for tr, req, t in zip(traces, reqs, targets):
-        pre = prerank_scores(tr.candidates, best)
+    for tr, req, t, pre in zip(traces, reqs, targets, pres):
         kept = top_k(pre, keep)
         c = tr.candidates.take(kept)
         feats.append(ranking_features(c, pre[kept], bundle.items, req.history.item, req.history.timestamp, float(req.request_time())))
         labels.append(c.items == t)
-    check = ranker_check(traces, feats, labels, targets, best, bundle, cfg)
+    check = ranker_check(traces, feats, labels, targets, pres, bundle, cfg)
     bundle.ranker = train_ranker(feats, labels, cfg.train.ranker_rounds, cfg.train.seed, cfg.train.threads)
     return {
         "prerank_weight": best,
+        "prerank": cfg.pipeline.prerank,
         "candidate_recall": float(np.mean([t in tr.candidates.items for tr, t in zip(traces, targets)])),
         "prerank_recall": recall[best],
+        "target_prerank": target_report,
         "ranker_groups_with_positive": int(sum(lb.any() for lb in labels)),
         "ranker_check": check,
     }
+
+
+def fit_target_prerank(
+    bundle: ModelBundle, traces: list, memories: list[tuple[np.ndarray, np.ndarray]], targets: np.ndarray, dot_weight: float, cfg: Config
+) -> tuple[list[np.ndarray] | None, dict]:
+    """Fit ``genrec.models.target_prerank`` on the traces' candidates (the target against the
+    other candidates of its list) and set it on the bundle; returns the fit report and, when the
+    ranker is fitted behind it (``pipeline.prerank = "target_attention"``), each list's
+    held-out-fold scores (two folds; they also pick the epoch count)."""
+    log_pop = bundle.items.log_popularity
+    lists = []
+    for tr, (mem, logw), t in zip(traces, memories, targets):
+        c = tr.candidates
+        at = np.flatnonzero(c.items == t)
+        lists.append(PrerankList(mem, logw, c.items, prerank_features(c, log_pop), int(at[0]) if at.size else -1))
+    d = cfg.encoder.d_model
+    spec = PrerankSpec(
+        d_item=d,
+        d_memory=d,
+        n_heads=cfg.encoder.n_heads,
+        n_features=len(PRERANK_FEATURES),
+        hidden=d,
+        logprob_index=PRERANK_FEATURES.index("gen_logprob"),
+        sim_index=PRERANK_FEATURES.index("ann_sim"),
+    )
+    tc = cfg.train
+    model, oof, report = fit_prerank(
+        lists,
+        bundle.item_vectors,
+        spec,
+        dot_weight,
+        cfg.pipeline.prerank_keep,
+        tc.prerank_epochs,
+        tc.prerank_lr,
+        tc.prerank_batch_users,
+        tc.seed,
+        folds=2 if cfg.pipeline.prerank == "target_attention" else 0,
+        random=tc.prerank_random_negatives,
+    )
+    bundle.target_prerank = model
+    return oof, report.as_dict()
 
 
 RANKER_CHECK_SHARE = 0.2  # validation users held out of a check ranker, to compare it with each source
 
 
 def ranker_check(
-    traces: list, feats: list[np.ndarray], labels: list[np.ndarray], targets: np.ndarray, weight: float, bundle: ModelBundle, cfg: Config
+    traces: list,
+    feats: list[np.ndarray],
+    labels: list[np.ndarray],
+    targets: np.ndarray,
+    pres: list[np.ndarray],
+    bundle: ModelBundle,
+    cfg: Config,
 ) -> dict:
     """Does the ranker beat its own sources? A ranker fitted on 80% of the validation users is
     compared, on the other 20%, with ANN only, generation only and the pre-rank's top 10
@@ -319,9 +384,9 @@ def ranker_check(
     fit, held = slice(0, len(traces) - n_check), slice(len(traces) - n_check, len(traces))
     ranker = train_ranker(feats[fit], labels[fit], cfg.train.ranker_rounds, cfg.train.seed, cfg.train.threads)
     hits = {"ranker": 0, "prerank": 0, "ann_only": 0, "generation_only": 0}
-    for tr, f, t in zip(traces[held], feats[held], targets[held]):
+    for tr, f, t, pre in zip(traces[held], feats[held], targets[held], pres[held]):
         c, g = tr.candidates, tr.generated
-        kept = top_k(prerank_scores(c, weight), cfg.pipeline.prerank_keep)  # the rows of f
+        kept = top_k(pre, cfg.pipeline.prerank_keep)  # the rows of f
         ranked = {
             "ranker": c.items[kept[top_k(np.asarray(ranker.predict(f, num_threads=1)), 10)]] if len(f) else c.items[:0],
             "prerank": c.items[kept[:10]],
@@ -439,7 +504,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
     bundle.refresh_item_vectors()
 
     t0 = time.perf_counter()
-    log("[cascade] pre-rank weight and LightGBM ranker on validation targets")
+    log("[cascade] pre-rank weight, target-aware pre-ranker and LightGBM ranker on validation targets")
     cascade_report = fit_cascade(bundle, ds, split, cfg, exclude_seen)
     timed("ranker", t0)
 
@@ -479,6 +544,8 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
         assert bundle.ranker is not None
         bundle.ranker.save_model(str(d / "ranker.txt"))
         write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
+        if bundle.target_prerank is not None:
+            save_target_prerank(bundle.target_prerank, d)  # target_prerank.{pt,json}
         ad_report = ad_ctr.save(ad_model, d) if ad_model is not None else None  # ad_ctr.{pt,npz,json,onnx}
         write_json(
             d / "metrics.json",
@@ -494,6 +561,61 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
     assert run.final is not None
     log(f"[done] {run.final} in {timings['total']:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total"))
     return run.final
+
+
+REFIT_REPLACED = ("config.json", "pipeline.json", "ranker.txt", "metrics.json", "manifest.json", "target_prerank.pt", "target_prerank.json")
+
+
+def refit_cascade(run: Path, overrides: dict[str, str], root: Path | None = None, exclude_seen: bool | None = None) -> Path:
+    """A new run folder from ``run`` whose cascade (pre-rank weight, target-aware pre-ranker,
+    LightGBM ranker) is fitted again under ``overrides`` (``{"pipeline.prerank": "target_attention"}``):
+    the generative models, semantic IDs, SASRec and pCTR are copied, so two pre-rankers are
+    compared behind the same models without training them twice. ``exclude_seen``: default the
+    protocol the run was fitted under."""
+    import json
+    import shutil
+
+    from genrec.bundle import load_bundle
+    from genrec.settings import with_overrides
+
+    run = Path(run)
+    bundle = load_bundle(run)
+    cfg = with_overrides(bundle.cfg, overrides)
+    bundle.cfg = cfg
+    metrics = json.loads((run / "metrics.json").read_text())
+    if exclude_seen is None:
+        exclude_seen = bool(metrics.get("cascade_fit", {}).get("exclude_seen", False))
+    m = bundle.manifest
+    ds = load_dataset(cfg, m.get("movielens_path"))
+    if ds.content_hash() != m["data_hash"]:
+        raise RuntimeError(f"data hash {ds.content_hash()} differs from the run's {m['data_hash']}: the data changed since training")
+    torch.set_num_threads(cfg.train.threads)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        t0 = time.perf_counter()
+        log(f"[cascade] refit of {run} with " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+        report = fit_cascade(bundle, ds, leave_last_out(ds.events), cfg, exclude_seen)
+        seconds = round(time.perf_counter() - t0, 2)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    with new_run(cfg.name, root or run.parent) as out:
+        d = out.staging
+        for f in run.iterdir():
+            if f.is_file() and f.name not in REFIT_REPLACED:
+                shutil.copy2(f, d / f.name)
+        write_json(d / "config.json", cfg.to_dict())
+        write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
+        assert bundle.ranker is not None and bundle.target_prerank is not None
+        bundle.ranker.save_model(str(d / "ranker.txt"))
+        save_target_prerank(bundle.target_prerank, d)
+        write_json(d / "metrics.json", {**metrics, "cascade_fit": {**report, "exclude_seen": exclude_seen}, "refit_from": str(run)})
+        write_json(
+            d / "manifest.json", {**m, "refit_from": str(run), "refit_overrides": overrides, "refit_seconds": seconds, "created": now_iso()}
+        )
+    assert out.final is not None
+    log(f"[done] {out.final} (cascade refit in {seconds:.1f}s)")
+    return out.final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,11 +634,30 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="fit the ranker with each user's earlier items excluded, as genrec-evaluate --exclude-seen (default: on for MovieLens-format input)",
     )
+    p.add_argument(
+        "--prerank", choices=PRERANKERS, default=None, help="pre-rank the ranker is fitted behind (pipeline.prerank; default dot)"
+    )
+    p.add_argument(
+        "--refit-cascade",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="copy RUN's models into a new run and fit only its cascade again (with --prerank): seconds instead of a training",
+    )
     a = p.parse_args(argv)
     from genrec.settings import with_overrides
 
+    if a.refit_cascade is not None:
+        refit_cascade(a.refit_cascade, {"pipeline.prerank": a.prerank} if a.prerank else {}, exclude_seen=a.exclude_seen)
+        return 0
     cfg = named_config(a.config)
-    pairs = (("data.n_items", a.items), ("data.n_users", a.users), ("train.epochs", a.epochs), ("data.preset", a.data))
+    pairs = (
+        ("data.n_items", a.items),
+        ("data.n_users", a.users),
+        ("train.epochs", a.epochs),
+        ("data.preset", a.data),
+        ("pipeline.prerank", a.prerank),
+    )
     ov = {k: str(v) for k, v in pairs if v is not None}
     cfg = with_overrides(cfg, ov)
     if cfg.name == "full":
