@@ -609,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lock", default=LOCK, help=f"the benchmark lock held while measuring ('' = none; default {LOCK})")
     p.add_argument("--work-dir", type=Path, default=None, help="runs, repositories and logs (default: a temporary folder, removed)")
     p.add_argument("--out", type=Path, default=Path("bench/results/catalogue_scale.json"))
+    p.add_argument("--append", action="store_true", help="keep the rows already in --out (a row of the same size is replaced)")
     a = p.parse_args(argv)
     if a.triton_grpc and (a.run is None or a.repository is None or a.triton_pid is None or a.metrics_url is None):
         p.error("--triton-grpc needs --run, --repository, --triton-pid and --metrics-url")
@@ -617,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     load = [list(os.getloadavg())]
     rows: list[dict[str, Any]] = []
+    if a.append and a.out.exists():
+        before = json.loads(a.out.read_text())
+        rows, load = before["rows"], [*before.get("load_average", []), *load]
     try:
         jobs: list[tuple[int | None, Callable[[], Path]]]
         if a.run is not None:
@@ -632,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{n} items: trained {run} in {time.perf_counter() - t0:.0f} s")
             given = (a.repository, a.triton_grpc, a.triton_pid) if a.triton_grpc else None
             size_dir = work / f"size-{n or 'run'}"
-            rows.append(measure_size(run, a, size_dir, given))
+            row = measure_size(run, a, size_dir, given)
+            rows = sorted([r for r in rows if r["items"] != row["items"]] + [row], key=lambda r: r["items"])
             shutil.rmtree(size_dir, ignore_errors=True)
             load.append(list(os.getloadavg()))
             a.out.parent.mkdir(parents=True, exist_ok=True)
