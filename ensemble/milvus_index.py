@@ -104,6 +104,14 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(out)) if out else 1.0
 
 
+def _columns(row: Any) -> tuple[Any, Any]:
+    """One query's (ids, distances). pymilvus >= 2.5 keeps them as decoded columns (``row.ids``,
+    ``row.distances``); indexing the row instead materialises every hit's entity dict again."""
+    if hasattr(row, "ids") and hasattr(row, "distances"):
+        return row.ids, row.distances
+    return [h["id"] for h in row], [h["distance"] for h in row]
+
+
 class MilvusIndex:
     """An ``AnnIndex`` over a Milvus collection of (id, vector) rows."""
 
@@ -168,9 +176,9 @@ class MilvusIndex:
         ids = np.full((q.shape[0], k), -1, dtype=np.int64)
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         for r, row in enumerate(hits):
-            n = len(row)
-            ids[r, :n] = [h["id"] for h in row]
-            scores[r, :n] = [h["distance"] for h in row]
+            row_ids, row_scores = _columns(row)
+            ids[r, : len(row_ids)] = row_ids
+            scores[r, : len(row_scores)] = row_scores
         return ids, scores
 
     def close(self) -> None:

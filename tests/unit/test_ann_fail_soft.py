@@ -90,10 +90,9 @@ def test_the_failures_become_a_counter():
             return M()
 
     m = ServingMetrics(Fam, {})
-    m.ann_failures(0)
-    m.ann_failures(3)
-    m.ann_failures(3)
-    m.ann_failures(4)
+    for total in (0, 3, 3, 4):  # the index's running count, read after each request
+        m.ann_failures(total)
+        m.flush()
     assert counted == [3.0, 1.0]
 
 
