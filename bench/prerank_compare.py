@@ -77,11 +77,11 @@ def runs_per_mode(run: Path, progress=print) -> dict[str, Path]:
     return out
 
 
-def quality(run: Path, max_users: int | None) -> dict:
+def quality(run: Path, max_users: int | None, prerank: str | None = None) -> dict:
     from genrec.bundle import load_bundle
     from genrec.evaluate import evaluate
 
-    res = evaluate(load_bundle(run), max_users, progress=lambda m: None, exclude_seen=True)
+    res = evaluate(load_bundle(run), max_users, progress=lambda m: None, exclude_seen=True, compression_off=False, prerank=prerank)
     row = next(r for r in res["rows"] if r["method"] == "cascade")
     fit = json.loads((run / "metrics.json").read_text())["cascade_fit"]
     return {
@@ -135,25 +135,36 @@ def in_process_stage(version: Path, reqs: list, repeats: int) -> dict:
     return {"mode": pipe.prerank_mode, "prerank": pct(pre), "request": pct(total)}
 
 
-def through_triton(repo: Path, reqs: list, returning: int) -> dict:
+def through_triton(repo: Path, reqs: list, returning: int, **env: str) -> tuple[dict, dict]:
+    """Cold first visits, then ``returning`` visits per user (one new event each), c=1; the
+    latencies of the returning ones, the server's stage means, and the last round's items."""
     from bench.recommend_latency import Workload, run_visits, scrape, stage_means, start
 
     state = Path(tempfile.mkdtemp(prefix="genrec-prerank-"))
-    srv = start(repo, state)
+    srv = start(repo, state, **env)
     try:
         work = Workload(reqs)
         n = len(reqs)
         run_visits(srv, work, [(u, returning) for u in range(n)], 1)  # cold first visits (states built)
         lat: list[float] = []
         before = scrape(srv)
+        items: dict = {}
         for cut in range(returning - 1, -1, -1):
-            got, _, _ = run_visits(srv, work, [(u, cut) for u in range(n)], 1)
+            got, _, items = run_visits(srv, work, [(u, cut) for u in range(n)], 1)
             lat += got
         after = scrape(srv)
-        return {"recommend": pct(lat), "stages_ms": {k: round(v, 3) for k, v in stage_means(before, after).items()}}
+        return {"recommend": pct(lat), "stages_ms": {k: round(v, 3) for k, v in stage_means(before, after).items()}}, items
     finally:
         srv.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def bls_check(repo: Path, reqs: list, items: dict) -> dict:
+    """The same visits (cut 0) on a server with BLS execution: each graph call, target_prerank's
+    included, is a BLS request to the served model. Same answers as in-process sessions?"""
+    _, got = through_triton(repo, reqs, 1, GENREC_SERVING__EXECUTION="bls")
+    same = sum(np.array_equal(got[k], items[k]) for k in got if k in items)
+    return {"users": len(reqs), "same_top_k": int(same)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=150, help="users of the latency workloads")
     p.add_argument("--repeats", type=int, default=2, help="passes over the users for the in-process stage timing")
     p.add_argument("--returning", type=int, default=2, help="returning visits per user through Triton (after the cold one)")
+    p.add_argument("--bls-users", type=int, default=20, help="users whose answers are compared with BLS execution (0: skip)")
     p.add_argument("--lock", type=Path, default=Path("/tmp/genrec-bench.lock"), help="the machine's benchmark lock (flock)")
     p.add_argument("--out", type=Path, default=Path("bench/results/prerank_compare.json"))
     a = p.parse_args(argv)
@@ -184,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"  recall@100 after pre-rank {q['recall@100_after_prerank']:.4f}, recall@10 {q['recall@10']:.4f}, ndcg@10 {q['ndcg@10']:.4f}",
                 flush=True,
             )
+        # the dot run's own target pre-ranker: trained every run for train.prerank_epochs epochs without
+        # held-out folds (the refit run keeps the epoch count its folds chose); its ranker is dot's
+        print(f"[{name}] quality, the dot run's target pre-ranker", flush=True)
+        ds["target_attention_fixed_epochs"] = {"quality": quality(runs["dot"], a.max_users, "target_attention")}
+        q = ds["target_attention_fixed_epochs"]["quality"]
+        print(f"  recall@100 after pre-rank {q['recall@100_after_prerank']:.4f}, recall@10 {q['recall@10']:.4f}", flush=True)
         reqs = workload(runs["dot"], a.users)
         work = Path(tempfile.mkdtemp(prefix="genrec-prerank-repo-"))
         try:
@@ -202,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     load_before = load_average()
                     t0 = time.perf_counter()
                     stage = in_process_stage(version, reqs, a.repeats)
-                    triton = through_triton(repos[mode], reqs, a.returning)
+                    triton, items = through_triton(repos[mode], reqs, a.returning)
                     ds[mode]["latency"] = {
                         "in_process": stage,
                         "triton": triton,
@@ -212,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                         "seconds": round(time.perf_counter() - t0, 1),
                     }
                 assert stage["mode"] == mode, f"{mode}: the served pipeline pre-ranks by {stage['mode']}"
+                if mode == "target_attention" and a.bls_users:  # not timed: outside the lock
+                    k = min(a.bls_users, len(reqs))
+                    ds[mode]["bls_check"] = bls_check(repos[mode], reqs[:k], {key: v for key, v in items.items() if key[0] < k})
+                    print(f"[{name}] BLS execution: {ds[mode]['bls_check']}", flush=True)
                 print(
                     f"[{name}] {mode}: pre-rank stage p50 {stage['prerank']['p50_ms']:.2f} / p99 {stage['prerank']['p99_ms']:.2f} ms in process;"
                     f" recommend through Triton p50 {triton['recommend']['p50_ms']:.1f} / p99 {triton['recommend']['p99_ms']:.1f} ms"

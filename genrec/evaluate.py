@@ -93,13 +93,21 @@ def stage_shares(hits: np.ndarray, mean_candidates: float) -> dict[str, dict[str
 
 
 def evaluate(
-    bundle: ModelBundle, max_users: int | None = None, progress=print, exclude_seen: bool | None = None, keep_rankings: bool = False
+    bundle: ModelBundle,
+    max_users: int | None = None,
+    progress=print,
+    exclude_seen: bool | None = None,
+    keep_rankings: bool = False,
+    compression_off: bool = True,
+    prerank: str | None = None,
 ) -> dict:
     """Every method on the held-out last items. ``exclude_seen`` (default: on for MovieLens-format
     input) removes each user's earlier items from every method's ranking: the cascade, generation
     and ANN through the request's ``excluded`` (as serving does), popularity and SASRec by masking.
     ``keep_rankings``: the result also holds each method's top 10 per user and each user's
-    excluded items (``rankings``, ``excluded``; tests)."""
+    excluded items (``rankings``, ``excluded``; tests). ``compression_off``: also the cascade with
+    compression flipped (twice the time; the pre-rank comparison skips it). ``prerank``: "dot" or
+    "target_attention" instead of the run's ``pipeline.prerank`` (its ranker stays the one fitted)."""
     torch.set_num_threads(bundle.cfg.train.threads)
     exclude_seen = default_exclude_seen(bundle) if exclude_seen is None else exclude_seen
     ds = dataset_of(bundle)
@@ -144,8 +152,8 @@ def evaluate(
 
     default_on = bundle.cfg.encoder.compression
     shares: dict[str, dict[str, float]] = {}
-    for compression in (default_on, not default_on):
-        pipe = ReferencePipeline(bundle, compression=compression)
+    for compression in (default_on, not default_on) if compression_off else (default_on,):
+        pipe = ReferencePipeline(bundle, compression=compression, prerank=prerank)
         t0 = time.perf_counter()
         ann, gen, cascade = ([np.zeros(0)] * len(reqs) for _ in range(3))
         hits = np.zeros((len(reqs), len(STAGES), 3))
@@ -179,6 +187,7 @@ def evaluate(
         **kept,
         "rows": rows,
         "exclude_seen": exclude_seen,
+        "prerank": ReferencePipeline(bundle, prerank=prerank).prerank_mode,
         "stage_shares": shares,
         "dataset": bundle.manifest["dataset"],
         "data_hash": bundle.manifest["data_hash"],
