@@ -20,7 +20,7 @@ now), one after the other on the same published run:
    time; which of them are not model compute.
 
 Writes bench/results/profile_recommend.json and .png (p50 against rate for both modes; the
-profile's category shares). py-spy is installed on first use (``pip install py-spy``) if missing.
+profile's category shares). py-spy comes from requirements.txt.
 """
 
 from __future__ import annotations
@@ -122,8 +122,7 @@ def summarize(samples: Iterable[Sample], top: int = 15) -> dict[str, Any]:
 def py_spy() -> str:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
-        say("installing py-spy (pip)")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
+        raise RuntimeError("py-spy not found: it is in requirements.txt (bash scripts/setup.sh installs it)")
     return exe
 
 
