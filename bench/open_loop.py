@@ -212,7 +212,7 @@ def search_rate(
 
 def triton_means(before: str, after: str, model: str = "recommend") -> dict[str, float]:
     """Triton's own per-request means (ms) between two scrapes of :8002/metrics: request (end to
-    end inside the server), queue, compute (the model's execute)."""
+    end inside the server), queue, compute (the model's execute) and its inputs and outputs."""
     out: dict[str, float] = {}
 
     def total(text: str, name: str) -> float:
@@ -225,7 +225,9 @@ def triton_means(before: str, after: str, model: str = "recommend") -> dict[str,
     for key, name in (
         ("request_ms", "request_duration_us"),
         ("queue_ms", "queue_duration_us"),
+        ("compute_input_ms", "compute_input_duration_us"),
         ("compute_ms", "compute_infer_duration_us"),
+        ("compute_output_ms", "compute_output_duration_us"),
     ):
         out[key] = (total(after, f"nv_inference_{name}") - total(before, f"nv_inference_{name}")) / n / 1e3
     out["requests"] = n

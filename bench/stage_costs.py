@@ -45,13 +45,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +57,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.open_loop import scrape, triton_means
+from bench.recommend_latency import stage_means
 from genrec.artifacts import DEFAULT_ROOT, latest_run, machine, now_iso, versions, write_json
 
 DEFAULT_RUN = DEFAULT_ROOT / "tiny-002"
 NEW_EVENTS = 4  # events a returning user brings
 RANKER_DEPTH = 8  # as genrec.model_card: levels a tree walks at most, one comparison each
 OVERHEAD_BOUND = 0.5  # compute at the floor under this share of a stage's time: overhead-bound
-METRICS_SETTLE_S = 1.5  # recommend's custom metrics may reach the metrics page up to ~1 s late
 PREFIX = "[stage_costs]"
 # the graphs each stage calls (target_prerank: the target-aware pre-ranker, where a version has it)
 GRAPHS_OF_STAGE = {
@@ -668,43 +667,12 @@ def measure_ranker(ip: InProcess, inputs: list[StageInputs], batches: list[int],
 
 
 # ---- Triton ------------------------------------------------------------------------------------
-def scrape(url: str) -> str:
-    time.sleep(METRICS_SETTLE_S)
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.read().decode()
-    except OSError:
-        return ""
-
-
-def _total(text: str, name: str, model: str = "recommend") -> float:
-    pat = re.compile(rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} ([0-9.e+-]+)$', re.M)
-    return sum(float(v) for v in pat.findall(text))
-
-
-def triton_timers(before: str, after: str) -> dict[str, float]:
+def triton_timers(before: str, after: str) -> dict[str, Any]:
     """Triton's per-request means (ms) for recommend between two scrapes, and the model's own stage means."""
-    n = _total(after, "nv_inference_request_success") - _total(before, "nv_inference_request_success")
-    out: dict[str, float] = {}
-    if n <= 0:
-        return out
-    for key, name in (
-        ("request_ms", "request_duration_us"),
-        ("queue_ms", "queue_duration_us"),
-        ("compute_input_ms", "compute_input_duration_us"),
-        ("compute_infer_ms", "compute_infer_duration_us"),
-        ("compute_output_ms", "compute_output_duration_us"),
-    ):
-        out[key] = (_total(after, f"nv_inference_{name}") - _total(before, f"nv_inference_{name}")) / n / 1e3
-    out["requests"] = n
-    sums: dict[str, list[float]] = {}
-    for text, sign in ((after, 1.0), (before, -1.0)):
-        for m in re.finditer(r'genrec_recommend_stage_duration_seconds_(sum|count)\{[^}]*stage="(\w+)"[^}]*\} ([0-9.e+-]+)', text):
-            s = sums.setdefault(m.group(2), [0.0, 0.0])
-            s[0 if m.group(1) == "sum" else 1] += sign * float(m.group(3))
-    stages = {k: 1e3 * v[0] / v[1] for k, v in sums.items() if v[1] > 0}
+    out: dict[str, Any] = triton_means(before, after)
+    stages = stage_means(before, after) if out else {}
     if stages:
-        out["stages_ms"] = stages  # type: ignore[assignment]
+        out["stages_ms"] = stages
         out["stages_sum_ms"] = sum(stages.values())
     return out
 
@@ -747,9 +715,9 @@ def glue_figures(client_ms: list[float], inproc_ms: list[float], timers: dict[st
     }
     if timers.get("request_ms") is not None:
         g["client_and_grpc_mean_ms"] = client["mean_ms"] - timers["request_ms"]  # outside the server: client, gRPC, loopback
-        g["server_outside_execute_mean_ms"] = timers["request_ms"] - timers["compute_infer_ms"]  # queue, inputs, outputs
+        g["server_outside_execute_mean_ms"] = timers["request_ms"] - timers["compute_ms"]  # queue, inputs, outputs
         if timers.get("stages_sum_ms") is not None:
-            g["backend_outside_stages_mean_ms"] = timers["compute_infer_ms"] - timers["stages_sum_ms"]  # model.py around the stages
+            g["backend_outside_stages_mean_ms"] = timers["compute_ms"] - timers["stages_sum_ms"]  # model.py around the stages
             g["client_minus_triton_stages_mean_ms"] = client["mean_ms"] - timers["stages_sum_ms"]  # the glue within the same requests
     return g
 
@@ -989,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     if triton is not None and triton["triton_timers"].get("request_ms") is not None:
         tm = triton["triton_timers"]
         say(
-            f"Triton's timers (means): request {tm['request_ms']:.2f} ms, queue {tm['queue_ms']:.2f}, execute {tm['compute_infer_ms']:.2f} "
+            f"Triton's timers (means): request {tm['request_ms']:.2f} ms, queue {tm['queue_ms']:.2f}, execute {tm['compute_ms']:.2f} "
             f"(stages {tm.get('stages_sum_ms', float('nan')):.2f}); client minus server {triton['client_and_grpc_mean_ms']:.2f} ms"
         )
     say(f"wrote {a.out} and {png} in {out['wall_s']:.0f} s")

@@ -136,5 +136,5 @@ def test_triton_means_from_two_scrapes():
         )
 
     m = triton_means(text(10, 100_000, 10_000, 80_000), text(30, 340_000, 30_000, 280_000))
-    assert m == {"request_ms": 12.0, "queue_ms": 1.0, "compute_ms": 10.0, "requests": 20}
+    assert m == {"request_ms": 12.0, "queue_ms": 1.0, "compute_input_ms": 0.0, "compute_ms": 10.0, "compute_output_ms": 0.0, "requests": 20}
     assert triton_means(text(5, 1, 1, 1), text(5, 1, 1, 1)) == {}
