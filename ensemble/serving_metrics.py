@@ -7,7 +7,7 @@ recording fake. Names follow Prometheus conventions: ``genrec_`` prefix, base un
 
 Recording is off the request path: a request only appends to an in-memory buffer, and
 ``MetricsFlusher`` hands the buffer to the families from a background thread every
-``serving.metrics_flush_s``. Each family update is a synchronous round trip from the Python
+``serving.metrics_flush_s``, one update at a time between requests. Each family update is a synchronous round trip from the Python
 backend's stub to the server process; made inline (~14 per request) they cost a lightly loaded
 server more than a busy one (its threads must be woken for each), which made p50 fall as load
 rose (bench/README.md). Counters and gauges are coalesced per flush; histogram observations
@@ -17,8 +17,10 @@ cannot be (the API takes one value per call), so they are replayed one by one, o
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,14 @@ FamilyFactory = Callable[[MetricSpec], Any]  # spec -> object with .Metric(label
 
 
 MetricKey = tuple[MetricSpec, tuple[tuple[str, str], ...]]  # spec and its extra labels, sorted
+OBSERVE, INCREMENT, SET = "observe", "increment", "set"  # the families' method names
+
+
+@dataclass(frozen=True)
+class Update:
+    key: MetricKey
+    op: str  # OBSERVE, INCREMENT or SET
+    value: float
 
 
 class ServingMetrics:
@@ -128,26 +138,27 @@ class ServingMetrics:
     def _set(self, spec: MetricSpec, value: float) -> None:
         self._gauges[(spec, ())] = value
 
-    def flush(self) -> int:
-        """Send what was recorded since the last flush; returns the number of family updates."""
+    def take(self) -> list[Update]:
+        """What was recorded since the last take, as family updates (counters and gauges coalesced)."""
         with self._lock:
             observed, self._observed = self._observed, defaultdict(list)
             increments, self._increments = self._increments, defaultdict(float)
             gauges, self._gauges = self._gauges, {}
-        updates = 0
-        for key, values in observed.items():
-            metric = self._metric(key)
-            for v in values:
-                metric.observe(v)
-            updates += len(values)
-        for key, total in increments.items():
-            if total:
-                self._metric(key).increment(total)
-                updates += 1
-        for key, value in gauges.items():
-            self._metric(key).set(value)
-            updates += 1
+        updates = [Update(key, OBSERVE, v) for key, values in observed.items() for v in values]
+        updates += [Update(key, INCREMENT, total) for key, total in increments.items() if total]
+        updates += [Update(key, SET, value) for key, value in gauges.items()]
         return updates
+
+    def send(self, update: Update) -> None:
+        """One family update: a round trip to the Triton server process."""
+        getattr(self._metric(update.key), update.op)(update.value)
+
+    def flush(self) -> int:
+        """Send everything recorded since the last flush at once; returns the number of updates."""
+        updates = self.take()
+        for u in updates:
+            self.send(u)
+        return len(updates)
 
     def record(self, rec: Recommendation, cache: CacheStats | None) -> None:
         with self._lock:
@@ -187,29 +198,66 @@ class ServingMetrics:
 
 
 class MetricsFlusher:
-    """Flushes a ``ServingMetrics`` every ``interval_s`` from a daemon thread, and once on stop."""
+    """Sends a ``ServingMetrics``' updates from a daemon thread, between requests.
 
-    def __init__(self, metrics: ServingMetrics, interval_s: float, on_error: Callable[[BaseException], None] = lambda e: None) -> None:
+    Every ``interval_s`` it takes what was recorded and sends it one update at a time, each only
+    while no request is executing (``request()`` marks one): an update's round trip to the server
+    process holds the Python lock, so a whole flush sent at once would stall a request that
+    arrives meanwhile (measured: p99.9 58 ms at 30 req/s against 25 ms inline). Under load with no
+    gap for ``max_wait_s``, the rest is sent anyway, so the buffer stays bounded. ``stop()`` sends
+    what is left.
+    """
+
+    def __init__(
+        self,
+        metrics: ServingMetrics,
+        interval_s: float,
+        on_error: Callable[[BaseException], None] = lambda e: None,
+        max_wait_s: float | None = None,
+    ) -> None:
         self.metrics, self.interval_s, self.on_error = metrics, interval_s, on_error
+        self.max_wait_s = 5 * interval_s if max_wait_s is None else max_wait_s
         self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="genrec-metrics-flush", daemon=True)
 
     def start(self) -> MetricsFlusher:
         self._thread.start()
         return self
 
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Marks a request executing: no update is sent meanwhile."""
+        with self._count_lock:
+            self._in_flight += 1
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._flush()
+            self._flush(between_requests=True)
 
-    def _flush(self) -> None:
+    def _flush(self, between_requests: bool) -> None:
+        deadline = time.monotonic() + self.max_wait_s
         try:
-            self.metrics.flush()
+            for u in self.metrics.take():
+                if between_requests:
+                    self._idle.wait(max(0.0, deadline - time.monotonic()))
+                self.metrics.send(u)
         except Exception as e:  # a failed update must not end the thread: that batch is dropped, the next goes on
             self.on_error(e)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=max(1.0, 2 * self.interval_s))
-        self._flush()
+            self._thread.join(timeout=max(1.0, 2 * self.interval_s + self.max_wait_s))
+        self._flush(between_requests=False)

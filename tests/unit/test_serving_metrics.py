@@ -140,3 +140,27 @@ def test_the_flusher_thread_sends_periodically_and_on_stop():
     m.rejected("internal")
     flusher.stop()
     assert fams["genrec_recommend_rejected_total"].metrics[0].values == [("increment", 1.0)], "stop flushes what is left"
+
+
+def test_the_flusher_waits_for_a_gap_between_requests_but_not_forever():
+    import time
+
+    from genrec.ensemble.serving_metrics import MetricsFlusher
+
+    fams, m = _families()
+    flusher = MetricsFlusher(m, 0.02, max_wait_s=0.5).start()
+    try:
+        with flusher.request():
+            m.record(_rec(1), None)
+            time.sleep(0.2)  # several intervals: the flusher took the updates but must hold them
+            assert _updates(fams) == 0, "an update was sent while a request was executing"
+        deadline = time.monotonic() + 5
+        while _updates(fams) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _updates(fams) > 0, "not sent once the request ended"
+        with flusher.request():  # a request longer than max_wait_s: the buffer is sent anyway
+            m.rejected("internal")
+            time.sleep(1.0)
+            assert fams["genrec_recommend_rejected_total"].metrics, "held past max_wait_s"
+    finally:
+        flusher.stop()
