@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="passes over the users for the in-process stage timing")
     p.add_argument("--returning", type=int, default=2, help="returning visits per user through Triton (after the cold one)")
     p.add_argument("--bls-users", type=int, default=20, help="users whose answers are compared with BLS execution (0: skip)")
+    p.add_argument(
+        "--reuse-quality", type=Path, default=None, help="take each data set's quality figures from this earlier result (latency only)"
+    )
     p.add_argument("--lock", type=Path, default=Path("/tmp/genrec-bench.lock"), help="the machine's benchmark lock (flock)")
     p.add_argument("--out", type=Path, default=Path("bench/results/prerank_compare.json"))
     a = p.parse_args(argv)
@@ -188,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         runs = runs_per_mode(Path(path).resolve())
         ds: dict = {"runs": {m: str(r) for m, r in runs.items()}}
-        for mode in MODES:
+        if a.reuse_quality is not None:
+            old = json.loads(a.reuse_quality.read_text())["datasets"][name]
+            if old["runs"] != ds["runs"]:
+                raise SystemExit(f"{a.reuse_quality}: {name} was measured on other runs ({old['runs']})")
+            for key in (*MODES, "target_attention_fixed_epochs"):
+                ds[key] = {"quality": old[key]["quality"]}
+            ds["quality_from"] = str(a.reuse_quality)
+        for mode in MODES if a.reuse_quality is None else ():
             print(f"[{name}] quality, pre-rank {mode} ({runs[mode]})", flush=True)
             ds[mode] = {"quality": quality(runs[mode], a.max_users)}
             q = ds[mode]["quality"]
@@ -198,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         # the dot run's own target pre-ranker: trained every run for train.prerank_epochs epochs without
         # held-out folds (the refit run keeps the epoch count its folds chose); its ranker is dot's
-        print(f"[{name}] quality, the dot run's target pre-ranker", flush=True)
-        ds["target_attention_fixed_epochs"] = {"quality": quality(runs["dot"], a.max_users, "target_attention")}
-        q = ds["target_attention_fixed_epochs"]["quality"]
-        print(f"  recall@100 after pre-rank {q['recall@100_after_prerank']:.4f}, recall@10 {q['recall@10']:.4f}", flush=True)
+        if a.reuse_quality is None:
+            print(f"[{name}] quality, the dot run's target pre-ranker", flush=True)
+            ds["target_attention_fixed_epochs"] = {"quality": quality(runs["dot"], a.max_users, "target_attention")}
+            q = ds["target_attention_fixed_epochs"]["quality"]
+            print(f"  recall@100 after pre-rank {q['recall@100_after_prerank']:.4f}, recall@10 {q['recall@10']:.4f}", flush=True)
         reqs = workload(runs["dot"], a.users)
         work = Path(tempfile.mkdtemp(prefix="genrec-prerank-repo-"))
         try:
