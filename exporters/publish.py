@@ -88,8 +88,9 @@ def check_config(model_dir: Path, c: ModelContract) -> None:
 def _without_instance_count(text: str) -> str:
     """The instance count is a deployment knob (see bench/results/encoder_state_placement.json),
     not part of the contract: an operator may change it without a publish being refused. So are
-    the queue bounds (GENREC_SERVING__MAX_QUEUE_SIZE, __QUEUE_TIMEOUT_MS)."""
-    text = re.sub(r"(default_timeout_microseconds|max_queue_size): \d+", r"\1: N", text)
+    the queue bounds (GENREC_SERVING__MAX_QUEUE_SIZE, __QUEUE_TIMEOUT_MS), present or not."""
+    text = re.sub(r"\n  default_queue_policy \{[^\n]*\}", "", text)
+    text = re.sub(r"dynamic_batching \{\n\}\n?", "", text)  # a batcher that only carried the queue policy
     return re.sub(r"instance_group \[ \{ count: \d+", "instance_group [ { count: N", text)
 
 

@@ -223,7 +223,7 @@ class ServingConfig:
     state_dir: str = ""  # "" = a fresh temporary directory
     # faults (runtime/README.md "Operations: faults"): recommend's bounded queue (config.pbtxt,
     # written at publish) refuses with UNAVAILABLE instead of letting requests pile up
-    max_queue_size: int = 64  # requests waiting beyond this are refused at once
+    max_queue_size: int = 0  # >0: requests waiting beyond this are refused at once (opt-in: the stall, below)
     queue_timeout_ms: int = 500  # a request still queued after this is refused (a request's own `timeout` overrides it)
     # genrec-triton's watchdog: a canary on recommend and the stub processes, checked every interval
     watchdog: bool = True
@@ -231,6 +231,9 @@ class ServingConfig:
     watchdog_canary_timeout_s: float = 2.0
     watchdog_failures: int = 3  # failed canaries in a row (no progress) before unload + load
     exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs; what is left after it is killed
+    # genrec-triton restarts a crashed tritonserver (signal or non-zero exit) this many times in a window
+    server_restarts: int = 3
+    server_restart_window_s: float = 600.0
     # recommend's custom metrics reach Triton's metrics port from a background thread at this
     # interval (ensemble/serving_metrics.py: sent inline they slowed a lightly loaded server);
     # 0 = inline, on the request path (bench/profile_recommend.py compares the two)

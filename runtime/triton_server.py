@@ -32,8 +32,12 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genrec.runtime.ports import free_port
+
+if TYPE_CHECKING:
+    from genrec.runtime.watchdog import RestartBudget
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKEND_SOURCES = REPO_ROOT / "ensemble" / "backends"
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the watchdog's Prometheus counters on this port (default 0: not served; they are logged either way)",
     )
     a = p.parse_args(argv)
+    from genrec.runtime.watchdog import RestartBudget
     from genrec.settings import named_config
 
     serving = named_config().serving  # GENREC_SERVING__* (the same variables the recommend model reads)
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if serving.watchdog:
             dog = start_watchdog(server, serving, a.watchdog_metrics_port)
-        return supervise(server)
+        return supervise(server, RestartBudget(serving.server_restarts, serving.server_restart_window_s))
     except KeyboardInterrupt:
         return 0
     finally:
@@ -326,15 +331,33 @@ def start_watchdog(server: TritonServer, serving, metrics_port: int = 0):
     ).start()
 
 
-def supervise(server: TritonServer) -> int:
-    """Wait for the server to exit and return its code; a restart by the watchdog is not an exit."""
+def supervise(server: TritonServer, budget: RestartBudget | None = None, log=None) -> int:
+    """Wait for the server to exit and return its code. A restart by the watchdog is not an exit;
+    a crash (killed by a signal, or a non-zero code) is restarted on the same ports while
+    ``budget`` allows (a dead stub can take Triton 2.51 down with it); past the budget, or on a
+    clean exit (code 0), the launcher exits with the server's code, for its own supervisor."""
+    from genrec.runtime.watchdog import RestartBudget, log_json
+
+    budget = budget or RestartBudget()
+    log = log or log_json
     while True:
         proc = server.proc
         assert proc is not None
         code = proc.wait()
         with server.lock:  # a restart in progress holds it until the new process is up (or failed)
-            if server.proc is proc or server.proc is None:
+            if server.proc is not proc and server.proc is not None:
+                continue  # the watchdog restarted it
+            if code == 0 or not budget.allow(time.monotonic()):
+                log("server_exited", code=code, action="exit", restarts=budget.used)
                 return code
+            log("server_exited", code=code, action="restart", restarts=budget.used)
+            t0 = time.monotonic()
+            try:
+                server.restart()
+            except Exception as e:  # it cannot start: its supervisor's turn
+                log("restart_failed", model=None, seconds=round(time.monotonic() - t0, 3), error=f"{type(e).__name__}: {e}")
+                return code or 1
+            log("restarted", model=None, reason="server_exited", seconds=round(time.monotonic() - t0, 3))
 
 
 if __name__ == "__main__":

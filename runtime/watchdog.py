@@ -137,6 +137,27 @@ class HealthTracker:
         self.bad_ticks, self.attempts, self.pending = 0, 0, False
 
 
+@dataclass
+class RestartBudget:
+    """At most ``max_restarts`` server restarts within any ``window_s`` seconds: a server that
+    keeps crashing is left to the launcher's own supervisor instead of restarting in a loop."""
+
+    max_restarts: int = 3
+    window_s: float = 600.0
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        return len(self.times)
+
+    def allow(self, now: float) -> bool:
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.max_restarts:
+            return False
+        self.times.append(now)
+        return True
+
+
 # ---- stub processes ------------------------------------------------------------------------
 
 

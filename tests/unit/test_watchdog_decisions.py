@@ -176,3 +176,13 @@ def test_watchdog_counters_are_served_for_prometheus():
         text = r.read().decode()
     assert 'genrec_watchdog_detections_total{model="recommend",reason="stub_unhealthy"} 1.0' in text
     assert 'genrec_watchdog_recoveries_total{action="unload_load",model="recommend",result="ok"} 1.0' in text
+
+
+def test_restart_budget_allows_so_many_restarts_per_window():
+    from genrec.runtime.watchdog import RestartBudget
+
+    budget = RestartBudget(max_restarts=2, window_s=60.0)
+    assert budget.allow(0.0) and budget.allow(10.0)
+    assert not budget.allow(20.0) and budget.used == 2  # a server that keeps crashing: the supervisor's turn
+    assert budget.allow(61.0)  # the first restart has left the window
+    assert not budget.allow(65.0)

@@ -80,6 +80,11 @@ class TritonPythonModel:
             return [self._one(r) for r in requests]
 
     def _one(self, request):
+        if request.is_cancelled():  # its caller gave up (deadline, disconnect) while it waited: no work for nobody
+            self.metrics.rejected("cancelled")
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("cancelled by the caller while queued", pb_utils.TritonError.CANCELLED)
+            )
         try:
             inputs = {n: _input(request, n) for n in self.input_names}
             args, kwargs = kserve_request_args(inputs, parse_parameters(request.parameters()))
