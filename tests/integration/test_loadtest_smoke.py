@@ -34,13 +34,11 @@ def test_recommend_smoke_run_passes_a_loose_gate_and_writes_csv_html_json(tiny_t
     proc, s = _loadtest(
         tmp_path,
         *("--target", "recommend", "--rate", "4", "--duration", "5s", "--triton-grpc", tiny_triton.grpc_url),
-        # a few seconds of Poisson arrivals reach the target rate only roughly: a loose floor here;
-        # one refusal allowed: the bounded queue's known ~500 ms stall (runtime/README.md,
-        # "Settings") refuses a request now and then at light load, and this test is about the harness
-        *("--workload", str(workload), "--recommend-p99-ms", "5000", "--min-rate-ratio", "0.3", "--max-fail-ratio", "0.1"),
+        # a few seconds of Poisson arrivals reach the target rate only roughly: a loose floor here
+        *("--workload", str(workload), "--recommend-p99-ms", "5000", "--min-rate-ratio", "0.3"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert s["passed"] and s["total_requests"] >= 5 and s["fail_ratio"] <= 0.1
+    assert s["passed"] and s["total_requests"] >= 5 and s["fail_ratio"] == 0
     (ep,) = [e for e in s["endpoints"] if e["name"] == "recommend"]
     assert 0 < ep["p50_ms"] <= ep["p99_ms"] and s["generator_cpu"] is not None
     for f in ("locust_stats.csv", "locust_stats_history.csv", "report.html"):
