@@ -6,12 +6,12 @@
 The same published run is served three ways, one fresh server each, with the same visits:
 
 - ``queue_policy``: ``dynamic_batching`` with the bounded queue (``default_queue_policy``:
-  ``max_queue_size``, a queue timeout, REJECT), what ``genrec-publish`` writes while
-  ``serving.max_queue_size`` > 0;
+  ``max_queue_size``, a queue timeout, REJECT), what ``genrec-publish`` writes with
+  ``GENREC_SERVING__MAX_QUEUE_SIZE`` > 0 (the default until this benchmark);
 - ``batcher_no_policy``: ``dynamic_batching {}`` without the policy (not a shipped setting: it
   isolates the policy from the batcher);
-- ``no_batcher``: no ``dynamic_batching`` (Triton's default scheduler), what
-  ``GENREC_SERVING__MAX_QUEUE_SIZE=0`` publishes.
+- ``no_batcher``: no ``dynamic_batching`` (Triton's default scheduler), what ``genrec-publish``
+  writes by default (``serving.max_queue_size`` 0).
 
 Per mode: returning visits at concurrency 1 (closed loop, no client retries, so a stalled
 request shows its whole wait): p50/p99/p99.9/max, and the number of requests slower than
@@ -47,19 +47,32 @@ from genrec.artifacts import latest_run, machine, now_iso, versions, write_json
 LOCK = "/tmp/genrec-bench.lock"
 MODES = ("queue_policy", "batcher_no_policy", "no_batcher")
 BATCHING_BLOCK = re.compile(r"^dynamic_batching \{\n.*?^\}\n?", re.S | re.M)
+INSTANCE_GROUP = re.compile(r"^instance_group .*\n", re.M)
 
 
 def say(msg: str) -> None:
     print(f"[queue_policy] {msg}", flush=True)
 
 
-def variant(config: str, mode: str) -> str:
-    """recommend's config.pbtxt (as published, with the queue policy) rewritten for ``mode``."""
-    if not BATCHING_BLOCK.search(config):
-        raise ValueError("the published recommend config has no dynamic_batching block: publish with serving.max_queue_size > 0")
-    if mode == "queue_policy":
-        return config
-    return BATCHING_BLOCK.sub("dynamic_batching { }\n" if mode == "batcher_no_policy" else "", config)
+def bounded_block(queue_size: int, timeout_ms: int) -> str:
+    """The ``dynamic_batching`` block ``genrec-publish`` writes with ``serving.max_queue_size`` > 0."""
+    from genrec.contracts import recommend_contract
+    from genrec.exporters.pbtxt import render
+    from genrec.settings import named_config
+
+    env = {"GENREC_SERVING__MAX_QUEUE_SIZE": str(queue_size), "GENREC_SERVING__QUEUE_TIMEOUT_MS": str(timeout_ms)}
+    found = BATCHING_BLOCK.search(render(recommend_contract(named_config("tiny", environ=env))))
+    assert found is not None
+    return found.group(0)
+
+
+def variant(config: str, mode: str, bounded: str) -> str:
+    """recommend's config.pbtxt (as published) rewritten for ``mode``."""
+    base = BATCHING_BLOCK.sub("", config)  # what the default publish writes: no batcher
+    if mode == "no_batcher":
+        return base
+    block = bounded if mode == "queue_policy" else "dynamic_batching { }\n"
+    return INSTANCE_GROUP.sub(lambda m: m.group(0) + block, base, count=1)
 
 
 def closed_loop(grpc_url: str, visits: Any, requests: int) -> list[float]:
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stall-ms", type=float, default=250.0, help="a request slower than this counts as stalled")
     p.add_argument("--flood", type=int, default=400, help="concurrent requests of the flood (0: none)")
     p.add_argument("--flood-deadline-s", type=float, default=3.0, help="client deadline of each flood request")
+    p.add_argument("--queue-size", type=int, default=64, help="queue_policy mode: max_queue_size")
+    p.add_argument("--queue-timeout-ms", type=int, default=500, help="queue_policy mode: the queue timeout")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--lock", default=LOCK, help="benchmark lock file ('' = none)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -155,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         base = work / "repository"
         publish_run(run, base, progress=lambda m: None)
         config = (base / "recommend" / "config.pbtxt").read_text()
+        bounded = bounded_block(a.queue_size, a.queue_timeout_ms)
         with bench_lock(a.lock):
             for mode in a.modes:
                 repo = work / mode
                 shutil.copytree(base, repo, symlinks=True)
-                (repo / "recommend" / "config.pbtxt").write_text(variant(config, mode))
+                (repo / "recommend" / "config.pbtxt").write_text(variant(config, mode, bounded))
                 state = work / f"state-{mode}"
                 state.mkdir()
                 with served(repo, state, {}, 300) as (grpc_url, _, _, load_s):

@@ -230,6 +230,7 @@ class ServingConfig:
     watchdog_interval_s: float = 1.0
     watchdog_canary_timeout_s: float = 2.0
     watchdog_failures: int = 3  # failed canaries in a row (no progress) before unload + load
+    watchdog_unload_timeout_s: float = 15.0  # an unload still draining a dead instance's queue after this: restart
     exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs; what is left after it is killed
     # genrec-triton restarts a crashed tritonserver (signal or non-zero exit) this many times in a window
     server_restarts: int = 3

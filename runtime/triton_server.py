@@ -324,6 +324,7 @@ def start_watchdog(server: TritonServer, serving, metrics_port: int = 0):
         server_pid=lambda: server.proc.pid if server.proc is not None and server.proc.poll() is None else None,
         interval_s=serving.watchdog_interval_s,
         failures=serving.watchdog_failures,
+        unload_timeout_s=serving.watchdog_unload_timeout_s,
         restart=server.restart,
         recover_by_reload=server.mode == "explicit",  # the repository API needs explicit model control
         metrics=metrics,

@@ -294,9 +294,11 @@ class TritonProbe:
         status, text = self._call("POST", f"/v2/models/{model}/infer", self.canary_body, self.canary_timeout_s)
         return classify(status, text), ("" if status == 200 else text[:300]), time.perf_counter() - t0
 
-    def unload(self, model: str) -> tuple[bool, str]:
-        status, text = self._call("POST", f"/v2/repository/models/{model}/unload", b"{}", self.control_timeout_s)
-        return status == 200, text[:300]
+    def unload(self, model: str, timeout_s: float | None = None) -> tuple[bool | None, str]:
+        """(True: unloaded, False: refused, None: no answer within ``timeout_s``, default the
+        control timeout; the unload may still be going on), Triton's message."""
+        status, text = self._call("POST", f"/v2/repository/models/{model}/unload", b"{}", timeout_s or self.control_timeout_s)
+        return (None if status is None else status == 200), text[:300]
 
     def load(self, model: str) -> tuple[bool, str]:
         status, text = self._call("POST", f"/v2/repository/models/{model}/load", b"{}", self.control_timeout_s)
@@ -347,6 +349,9 @@ class Watchdog:
     failures: int = 3
     max_recoveries: int = 2
     restart: Callable[[], None] | None = None  # None: log and keep recovering by unload + load
+    # an unload waits for the dead instance's queue, which it fails one request per second (the
+    # Python backend's health poll): past this, restart the server instead of waiting it out
+    unload_timeout_s: float = 15.0
     recover_by_reload: bool = True  # False (poll/none control mode): every action is a restart
     metrics: WatchdogMetrics | None = None
     log: Callable[..., None] = log_json
@@ -428,7 +433,11 @@ class Watchdog:
 
     def _recover(self, model: str, tracker: HealthTracker) -> None:
         t0 = time.monotonic()
-        unloaded, why = self.probe.unload(model)  # readiness turns false here
+        unloaded, why = self.probe.unload(model, self.unload_timeout_s)  # readiness turns false here
+        if unloaded is None:  # still draining a dead instance's queue
+            self.log("unload_stalled", model=model, seconds=round(time.monotonic() - t0, 3), detail=why)
+            self._restart(model, tracker)
+            return
         loaded, why_load = self.probe.load(model)  # also after a failed unload (the model may be gone already)
         tracker.recovered(loaded)
         took = time.monotonic() - t0

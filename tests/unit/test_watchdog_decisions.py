@@ -111,8 +111,8 @@ def test_only_a_stub_left_unreaped_of_a_ready_version_is_a_crash():
 class FakeProbe:
     """Answers the watchdog's calls from a script; records unload/load."""
 
-    def __init__(self, canaries: list[Verdict], load_ok: bool = True) -> None:
-        self.canaries, self.load_ok, self.calls = list(canaries), load_ok, []
+    def __init__(self, canaries: list[Verdict], load_ok: bool = True, unload_answers: bool = True) -> None:
+        self.canaries, self.load_ok, self.unload_answers, self.calls = list(canaries), load_ok, unload_answers, []
         self.count = 0
 
     def ready_versions(self):
@@ -124,9 +124,9 @@ class FakeProbe:
     def execution_count(self, model):
         return self.count  # stands still: no progress
 
-    def unload(self, model):
+    def unload(self, model, timeout_s=None):
         self.calls.append(("unload", model))
-        return True, ""
+        return (True, "") if self.unload_answers else (None, "timed out")
 
     def load(self, model):
         self.calls.append(("load", model))
@@ -143,6 +143,17 @@ def test_watchdog_unloads_and_loads_then_restarts_when_that_does_not_help():
     assert restarts == [1]
     assert [e for e, _ in events] == ["detected", "recovered", "detected", "recovered", "detected", "restarted"]
     assert events[0][1]["reason"] == "stub_unhealthy" and events[1][1]["action"] == "unload_load"
+
+
+def test_an_unload_stuck_draining_a_dead_instance_is_followed_by_a_restart():
+    events, restarts = [], []
+    probe = FakeProbe([Verdict.UNHEALTHY, Verdict.OK], unload_answers=False)
+    dog = Watchdog(probe, server_pid=lambda: None, restart=lambda: restarts.append(1), log=lambda e, **f: events.append((e, f)))  # type: ignore[arg-type]
+    dog.tick()
+    assert probe.calls == [("unload", "recommend")] and restarts == [1]  # no load into a server being replaced
+    assert [e for e, _ in events] == ["detected", "unload_stalled", "restarted"]
+    dog.tick()  # healthy after the restart: nothing more
+    assert restarts == [1] and len(events) == 3
 
 
 def test_recommend_queue_is_bounded_from_settings_and_an_operator_may_change_the_bounds(tmp_path):
