@@ -75,22 +75,27 @@ def variant(config: str, mode: str, bounded: str) -> str:
     return INSTANCE_GROUP.sub(lambda m: m.group(0) + block, base, count=1)
 
 
-def closed_loop(grpc_url: str, visits: Any, requests: int) -> list[float]:
-    """One client, no retries: a first (cold) visit per user, then ``requests`` returning visits (ms)."""
+def closed_loop(grpc_url: str, visits: Any, requests: int) -> tuple[list[float], list[str]]:
+    """One client, no retries: a first (cold) visit per user, then ``requests`` returning visits:
+    each one's time (ms, refused ones included: a refusal by the queue timeout is a stall too)
+    and the refusals' messages."""
+    from genrec.client.errors import RecommendError
     from genrec.client.recommend_client import RecommendClient
     from genrec.client.retry import RetryPolicy
 
     client = RecommendClient(grpc_url, retry=RetryPolicy.none())
     users = len(visits.reqs)
-    for u in range(users):
-        visits.send(client, u, 3)
-    lat = []
-    for i in range(requests):
-        u, cut = i % users, 2 - (i // users) % 3
+    lat, refused = [], []
+    for i in range(users + requests):
+        u, cut = i % users, 3 if i < users else 2 - (i // users - 1) % 3
         t0 = time.perf_counter()
-        visits.send(client, u, cut)
-        lat.append((time.perf_counter() - t0) * 1e3)
-    return lat
+        try:
+            visits.send(client, u, cut)
+        except RecommendError as e:
+            refused.append(str(e)[:80])
+        if i >= users:
+            lat.append((time.perf_counter() - t0) * 1e3)
+    return lat, refused
 
 
 def flood(grpc_url: str, n: int, deadline_s: float) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = work / f"state-{mode}"
                 state.mkdir()
                 with served(repo, state, {}, 300) as (grpc_url, _, _, load_s):
-                    lat = closed_loop(grpc_url, visits, a.requests)
+                    lat, refused = closed_loop(grpc_url, visits, a.requests)
                     row = {
                         "mode": mode,
                         **{k: round(v, 2) for k, v in percentiles(lat).items()},
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         "requests": len(lat),
                         "stalled": int(sum(x > a.stall_ms for x in lat)),
                         "stalled_ms": sorted(round(x, 1) for x in lat if x > a.stall_ms),
+                        "refused": len(refused),
+                        "refusals": sorted(set(refused)),
                         "load_s": round(load_s, 1),
                     }
                     if a.flood:
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 say(
                     f"{mode:18s} p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} max {row['max_ms']:.0f} ms, "
-                    f"stalled {row['stalled']}/{row['requests']}" + (f"; flood {row['flood']}" if a.flood else "")
+                    f"stalled {row['stalled']}/{row['requests']} (refused {row['refused']})"
+                    + (f"; flood {row['flood']}" if a.flood else "")
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
