@@ -99,54 +99,54 @@ def closed_loop(grpc_url: str, visits: Any, requests: int) -> tuple[list[float],
 
 
 def flood(grpc_url: str, n: int, deadline_s: float) -> dict[str, Any]:
-    """``n`` concurrent requests at once, each with a client deadline: answers, failures (by
-    message), the slowest (s), and how long one request sent right after the flood takes (ms): a
-    server still working through requests whose callers gave up answers it late."""
+    """``n`` concurrent requests at once, each with a client deadline: outcomes by status code
+    (``messages``: the failures' messages), the slowest (s), and how long one request sent right
+    after the flood takes (ms): a server still working through requests whose callers gave up
+    answers it late."""
     from tritonclient.grpc import aio as grpcaio
     from tritonclient.utils import InferenceServerException
 
     from genrec.runtime.watchdog import CANARY_INPUTS
 
-    async def run() -> list[tuple[str, float]]:
-        client = grpcaio.InferenceServerClient(grpc_url)
-        hist = {
-            "history_items": np.arange(1, 6, dtype=np.int64),
-            "history_actions": np.zeros(5, np.int64),
-            "history_timestamps": np.arange(5, dtype=np.float64) * 60 + 1.7e9,
-            "history_devices": np.zeros(5, np.int64),
-        }
+    history = {
+        "history_items": np.arange(1, 6, dtype=np.int64),
+        "history_actions": np.zeros(5, np.int64),
+        "history_timestamps": np.arange(5, dtype=np.float64) * 60 + 1.7e9,
+        "history_devices": np.zeros(5, np.int64),
+    }
 
-        async def one() -> tuple[str, float]:
+    async def run() -> tuple[list[tuple[str, str, float]], tuple[str, str, float]]:
+        client = grpcaio.InferenceServerClient(grpc_url)
+
+        async def one(timeout_s: float) -> tuple[str, str, float]:
             inputs = []
             for name, dtype in CANARY_INPUTS:
-                t = grpcaio.InferInput(name, [5], dtype)
-                t.set_data_from_numpy(hist[name])
+                t = grpcaio.InferInput(name, list(history[name].shape), dtype)
+                t.set_data_from_numpy(history[name])
                 inputs.append(t)
             t0 = time.perf_counter()
             try:
-                await client.infer("recommend", inputs, client_timeout=deadline_s)
-                return "OK", time.perf_counter() - t0
+                await client.infer("recommend", inputs, client_timeout=timeout_s)
+                return "OK", "", time.perf_counter() - t0
             except InferenceServerException as e:
-                return (e.message() or str(e.status()))[-40:], time.perf_counter() - t0
+                code = str(e.status() or "UNKNOWN").replace("StatusCode.", "")
+                return code, (e.message() or "")[-40:], time.perf_counter() - t0
 
         try:
-            out = await asyncio.gather(*(one() for _ in range(n)))
-            status, took = await one()
-            out.append((f"after the flood: {status}", took))
-            return out
+            return await asyncio.gather(*(one(deadline_s) for _ in range(n))), await one(10.0)
         finally:
             await client.close()
 
-    results = asyncio.run(run())
-    after, results = results[-1], results[:-1]
+    results, (after, _, after_s) = asyncio.run(run())
     return {
         "requests": n,
         "deadline_s": deadline_s,
-        "next_request": after[0].removeprefix("after the flood: "),
-        "next_request_ms": round(after[1] * 1e3, 1),
-        "outcomes": dict(Counter(s for s, _ in results)),
-        "slowest_s": round(max(t for _, t in results), 3),
-        "slowest_answered_s": round(max((t for s, t in results if s == "OK"), default=0.0), 3),
+        "outcomes": dict(Counter(code for code, _, _ in results)),
+        "messages": dict(Counter(msg for code, msg, _ in results if code != "OK")),
+        "slowest_s": round(max(t for _, _, t in results), 3),
+        "slowest_answered_s": round(max((t for code, _, t in results if code == "OK"), default=0.0), 3),
+        "next_request": after,
+        "next_request_ms": round(after_s * 1e3, 1),
     }
 
 
