@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import tempfile
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     visits = visits_of(run, a.users)
     work = Path(tempfile.mkdtemp(prefix="genrec-queue-policy-"))
     rows = []
+    load = [list(os.getloadavg())]
     try:
         say(f"publishing {run}")
         base = work / "repository"
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                     if a.flood:
                         row["flood"] = flood(grpc_url, a.flood, a.flood_deadline_s)
                 rows.append(row)
+                load.append(list(os.getloadavg()))
                 say(
                     f"{mode:18s} p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} max {row['max_ms']:.0f} ms, "
                     f"stalled {row['stalled']}/{row['requests']} (refused {row['refused']})"
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": now_iso(),
         "run": str(run),
         "stall_ms": a.stall_ms,
+        "load_average": load,  # 1/5/15 min, before and after each mode (other jobs inflate latency)
         "rows": rows,
     }
     a.out.mkdir(parents=True, exist_ok=True)
