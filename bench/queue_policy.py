@@ -1,6 +1,6 @@
 """What Triton's bounded queue costs ``recommend``: the ~500 ms stall, measured side by side.
 
-    python -m bench.queue_policy                               # latest tiny run, ~6 min
+    python -m bench.queue_policy                               # latest tiny run, ~2-3 min
     python -m bench.queue_policy --run build/catalogue_scale/runs/tiny-001 --requests 600
 
 The same published run is served three ways, one fresh server each, with the same visits:

@@ -221,10 +221,11 @@ class ServingConfig:
     ann_hnsw_ef_construction: int = 200
     ann_hnsw_ef: int = 0  # HNSW search breadth; 0 = 2 x k (never under k)
     state_dir: str = ""  # "" = a fresh temporary directory
-    # faults (runtime/README.md "Operations: faults"): recommend's bounded queue (config.pbtxt,
-    # written at publish) refuses with UNAVAILABLE instead of letting requests pile up
-    max_queue_size: int = 0  # >0: requests waiting beyond this are refused at once (opt-in: the stall, below)
-    queue_timeout_ms: int = 500  # a request still queued after this is refused (a request's own `timeout` overrides it)
+    # recommend's opt-in bounded queue (config.pbtxt, written at publish; runtime/README.md "The
+    # bounded queue"): > 0 refuses requests waiting beyond this many with UNAVAILABLE, at the cost
+    # of Triton 2.51's ~500 ms stalls (bench/results/queue_policy.json); 0: callers' deadlines bound the wait
+    max_queue_size: int = 0
+    queue_timeout_ms: int = 500  # with max_queue_size > 0: a request still queued after this is refused (its own `timeout` overrides it)
     # genrec-triton's watchdog: a canary on recommend and the stub processes, checked every interval
     watchdog: bool = True
     watchdog_interval_s: float = 1.0

@@ -17,7 +17,8 @@ Per fault, between its injection and the next fault (its *window*):
 
 The load is locust's paced users (``--rate``): a user whose request is slow starts its next one
 about on schedule but not before the answer, so a fault that slows answers also sends fewer
-requests (``requests`` shows it); failures come back fast (the queue bounds), so they are counted.
+requests (``requests`` shows it); failures come back within the callers' deadlines, so they are
+counted.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def bad(r: LoggedRequest) -> bool:
 def recovery_s(window: Sequence[LoggedRequest], at: float, end: float, clean_s: float, done_at: float | None = None) -> float | None:
     """Seconds from ``at`` to the end of the fault's burst of bad answers: the last bad answer
     that is followed by ``clean_s`` without one, once the injection is over (``done_at``). Bad
-    answers after that stretch are the background's (a busy machine's stray queue timeouts), not
+    answers after that stretch are the background's (a busy machine's stray timeouts), not
     the fault's: they are counted apart (``stray_bad``). None: no such stretch before ``end``."""
     done = at if done_at is None else done_at
     bads = sorted(r.t for r in window if bad(r))

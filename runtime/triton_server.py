@@ -146,6 +146,7 @@ class TritonServer:
         self.backend_dir = backend_dir
         self.extra_env = dict(env or {})  # e.g. GENREC_SERVING__* for the recommend model
         self.proc: subprocess.Popen | None = None
+        self.restart_failed = False  # a restart could not start the server: the launcher exits non-zero
 
     @classmethod
     def on_free_ports(
@@ -257,10 +258,15 @@ class TritonServer:
         self.shm_regions.clear()
 
     def restart(self, timeout: float = 300.0) -> None:
-        """Stop and start again on the same ports (the watchdog's last resort)."""
+        """Stop and start again on the same ports (the watchdog's last resort, the launcher's
+        answer to a crash). A failed start sets ``restart_failed``: the launcher then exits."""
         with self.lock:
             self.stop()
-            self.start(timeout)
+            try:
+                self.start(timeout)
+            except BaseException:
+                self.restart_failed = True
+                raise
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -346,7 +352,10 @@ def supervise(server: TritonServer, budget: RestartBudget | None = None, log=Non
         assert proc is not None
         code = proc.wait()
         with server.lock:  # a restart in progress holds it until the new process is up (or failed)
-            if server.proc is not proc and server.proc is not None:
+            if server.restart_failed:  # the watchdog's restart could not start it (the watchdog has stopped)
+                log("server_exited", code=code, action="exit", reason="restart_failed", restarts=budget.used)
+                return code or 1
+            if server.proc is not proc:
                 continue  # the watchdog restarted it
             if code == 0 or not budget.allow(time.monotonic()):
                 log("server_exited", code=code, action="exit", restarts=budget.used)
@@ -358,6 +367,7 @@ def supervise(server: TritonServer, budget: RestartBudget | None = None, log=Non
             except Exception as e:  # it cannot start: its supervisor's turn
                 log("restart_failed", model=None, seconds=round(time.monotonic() - t0, 3), error=f"{type(e).__name__}: {e}")
                 return code or 1
+            # the watchdog sees the new server pid and forgets what it knew of the old one
             log("restarted", model=None, reason="server_exited", seconds=round(time.monotonic() - t0, 3))
 
 

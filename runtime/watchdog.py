@@ -10,7 +10,8 @@ Every ``interval_s`` it looks at three things (runtime/README.md, "Operations: f
   error means a dead or frozen stub; a timeout or an error while the model makes no progress
   (its execution count stands still) means a stuck one;
 * the model's **execution count** (``/v2/models/<m>/stats``), which tells a busy model (the
-  canary is refused by the bounded queue, but requests complete) from a stuck one.
+  canary times out, or is refused by the opt-in bounded queue, but requests complete) from a
+  stuck one.
 
 A dead stub is recovered with the repository API: ``unload`` then ``load`` (the server runs with
 ``--model-control-mode=explicit``). While the model is unloaded, Triton's own readiness
@@ -46,7 +47,7 @@ class Verdict(Enum):
     """What one canary inference says about the model."""
 
     OK = "ok"
-    BUSY = "busy"  # refused by the bounded queue (UNAVAILABLE): the model is overloaded, not dead
+    BUSY = "busy"  # refused by the opt-in bounded queue (UNAVAILABLE): the model is overloaded, not dead
     UNHEALTHY = "unhealthy"  # the Python backend says its stub is dead or frozen
     FAILED = "failed"  # timed out, or any other error
     ABSENT = "absent"  # the model is not loaded (nothing to say about its health)
@@ -256,7 +257,9 @@ class TritonProbe:
         params = {**CANARY_PARAMETERS, "timeout": int(canary_timeout_s * 1e6)}
         self.canary_body = json.dumps({"inputs": inputs, "parameters": params}).encode()
 
-    def _call(self, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int | None, str]:
+    def _request(self, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, str]:
+        """(HTTP status, body or Triton's error message); raises OSError when there is no answer
+        (TimeoutError: none within ``timeout``; others: refused, reset)."""
         req = urllib.request.Request(self.base + path, data=body, method=method, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -268,6 +271,13 @@ class TritonProbe:
             except (ValueError, AttributeError):
                 pass
             return e.code, text
+        except urllib.error.URLError as e:  # the connection failed (its timeout included)
+            raise (e.reason if isinstance(e.reason, OSError) else OSError(str(e.reason))) from e
+
+    def _call(self, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int | None, str]:
+        """``_request``, with None for the status when there is no answer."""
+        try:
+            return self._request(method, path, body, timeout)
         except (OSError, ValueError) as e:  # refused, reset, timed out
             return None, str(e)
 
@@ -295,10 +305,17 @@ class TritonProbe:
         return classify(status, text), ("" if status == 200 else text[:300]), time.perf_counter() - t0
 
     def unload(self, model: str, timeout_s: float | None = None) -> tuple[bool | None, str]:
-        """(True: unloaded, False: refused, None: no answer within ``timeout_s``, default the
-        control timeout; the unload may still be going on), Triton's message."""
-        status, text = self._call("POST", f"/v2/repository/models/{model}/unload", b"{}", timeout_s or self.control_timeout_s)
-        return (None if status is None else status == 200), text[:300]
+        """(True: unloaded; False: refused, or the server did not answer at all (down); None: no
+        answer within ``timeout_s``, default the control timeout, the unload still going on),
+        Triton's message."""
+        timeout = timeout_s or self.control_timeout_s
+        try:
+            status, text = self._request("POST", f"/v2/repository/models/{model}/unload", b"{}", timeout)
+        except TimeoutError:
+            return None, f"no answer within {timeout:g} s"
+        except (OSError, ValueError) as e:  # refused or reset: the server is down (its launcher restarts it)
+            return False, str(e)[:300]
+        return status == 200, text[:300]
 
     def load(self, model: str) -> tuple[bool, str]:
         status, text = self._call("POST", f"/v2/repository/models/{model}/load", b"{}", self.control_timeout_s)
@@ -359,6 +376,7 @@ class Watchdog:
     trackers: dict[str, HealthTracker] = field(default_factory=dict)
     _stubs: list[Stub] = field(default_factory=list)
     _counts: dict[str, int | None] = field(default_factory=dict)
+    _server: int | None = None  # the tritonserver pid of the last tick
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -386,6 +404,9 @@ class Watchdog:
 
     def tick(self) -> None:
         pid = self.server_pid()
+        if pid is not None and self._server is not None and pid != self._server:
+            self._forget()  # a new server (the launcher restarted a crashed one): nothing carried over
+        self._server = pid or self._server
         stubs = find_stubs(pid) if pid else []
         before = self._stubs
         self._stubs = stubs
@@ -456,6 +477,13 @@ class Watchdog:
         pid = self.server_pid()
         self._stubs = find_stubs(pid) if pid else []
 
+    def _forget(self) -> None:
+        """What a server restart makes stale: recovery attempts, execution counts, stubs."""
+        for t in self.trackers.values():
+            t.restarted()
+        self._counts.clear()
+        self._stubs = []
+
     def _restart(self, model: str, tracker: HealthTracker) -> None:
         if self.restart is None:
             self.log("restart_skipped", model=model, reason="no restart callback: recovering by unload + load again")
@@ -467,10 +495,9 @@ class Watchdog:
             self.restart()
         except Exception as e:
             ok, error = False, f"{type(e).__name__}: {e}"
-        for t in self.trackers.values():
-            t.restarted()
-        self._counts.clear()
+        self._forget()
         pid = self.server_pid()
+        self._server = pid
         self._stubs = find_stubs(pid) if pid else []
         self.log("restarted" if ok else "restart_failed", model=model, seconds=round(time.monotonic() - t0, 3), error=error)
         if self.metrics:

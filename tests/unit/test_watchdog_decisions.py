@@ -197,3 +197,89 @@ def test_restart_budget_allows_so_many_restarts_per_window():
     assert not budget.allow(20.0) and budget.used == 2  # a server that keeps crashing: the supervisor's turn
     assert budget.allow(61.0)  # the first restart has left the window
     assert not budget.allow(65.0)
+
+
+class FakeProc:
+    def __init__(self, code: int, on_wait=None) -> None:
+        self.code, self.on_wait = code, on_wait
+
+    def wait(self):
+        if self.on_wait:
+            self.on_wait()
+        return self.code
+
+
+class FakeServer:
+    """``supervise``'s view of a TritonServer: its process, lock, restart() and restart_failed."""
+
+    def __init__(self, codes: list[int], restart_ok: bool = True) -> None:
+        import threading
+
+        self.codes, self.restart_ok, self.restarts = list(codes), restart_ok, 0
+        self.lock, self.restart_failed = threading.RLock(), False
+        self.proc = FakeProc(self.codes.pop(0))
+
+    def restart(self) -> None:
+        self.restarts += 1
+        if not self.restart_ok:
+            self.restart_failed = True
+            raise RuntimeError("tritonserver exited with code 1")
+        self.proc = FakeProc(self.codes.pop(0))
+
+
+def _supervise(server, budget=None):
+    from genrec.runtime.triton_server import supervise
+
+    events = []
+    code = supervise(server, budget, log=lambda e, **f: events.append((e, f)))  # type: ignore[arg-type]
+    return code, [(e, f.get("action")) for e, f in events]
+
+
+def test_supervise_restarts_a_crashed_server_and_exits_with_a_clean_one():
+    from genrec.runtime.watchdog import RestartBudget
+
+    server = FakeServer([-9, 0])
+    assert _supervise(server, RestartBudget(3, 600)) == (0, [("server_exited", "restart"), ("restarted", None), ("server_exited", "exit")])
+    assert server.restarts == 1
+
+
+def test_supervise_leaves_a_server_that_keeps_crashing_to_its_own_supervisor():
+    from genrec.runtime.watchdog import RestartBudget
+
+    server = FakeServer([-11, -11, -11])
+    code, events = _supervise(server, RestartBudget(2, 600))
+    assert code == -11 and server.restarts == 2 and events[-1] == ("server_exited", "exit")
+
+
+def test_supervise_exits_non_zero_when_a_restart_cannot_start_the_server():
+    server = FakeServer([-9], restart_ok=False)
+    code, events = _supervise(server)
+    assert code == -9 and events[-1] == ("restart_failed", None)
+
+
+def test_supervise_waits_on_through_a_watchdog_restart_and_exits_after_a_failed_one():
+    server = FakeServer([0])
+    old = server.proc
+
+    def watchdog_restarts_it():  # the watchdog replaced the process while the launcher waited on the old one
+        server.proc = FakeProc(0, on_wait=lambda: setattr(server, "restart_failed", False))
+        old.on_wait = None
+
+    old.on_wait = watchdog_restarts_it
+    old.code = -15  # the watchdog's stop of the old process
+    assert _supervise(server) == (0, [("server_exited", "exit")])  # not restarted by the launcher: the new one exited cleanly
+
+    failed = FakeServer([-15])
+    failed.restart_failed = True  # the watchdog's restart could not start a new one
+    code, events = _supervise(failed)
+    assert code == -15 and events == [("server_exited", "exit")] and failed.restarts == 0
+
+
+def test_a_new_server_process_makes_the_watchdog_forget_the_old_one():
+    pids = iter([101, 202])
+    probe = FakeProbe([Verdict.OK, Verdict.OK])
+    dog = Watchdog(probe, server_pid=lambda: next(pids), log=lambda e, **f: None)  # type: ignore[arg-type]
+    dog.tick()
+    dog.trackers["recommend"].pending = True  # a load that failed while the old server was dying
+    dog.tick()  # the launcher restarted it: nothing to reload on the fresh server
+    assert probe.calls == [] and not dog.trackers["recommend"].pending
