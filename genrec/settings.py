@@ -468,6 +468,15 @@ def named_config(name: str | None = None, environ: Mapping[str, str] | None = No
     return with_overrides(NAMED_CONFIGS[name](), env_overrides(environ))
 
 
+def deployed(cfg: Config, environ: Mapping[str, str] | None = None) -> Config:
+    """A trained run's ``cfg`` with this deployment's serving section: the defaults plus
+    ``GENREC_SERVING__*`` now, not the values saved when the run was trained. Serving settings are
+    deployment knobs (queue bounds, state store, ANN index; the recommend stub reads them from its
+    environment too): an old run must not bring back an old default (the bounded queue)."""
+    serving = {k: v for k, v in env_overrides(environ).items() if k.startswith("serving.")}
+    return with_overrides(replace(cfg, serving=ServingConfig()), serving)
+
+
 def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Rebuild a Config saved with ``to_dict`` (tuples come back from JSON as lists)."""
 

@@ -283,3 +283,15 @@ def test_a_new_server_process_makes_the_watchdog_forget_the_old_one():
     dog.trackers["recommend"].pending = True  # a load that failed while the old server was dying
     dog.tick()  # the launcher restarted it: nothing to reload on the fresh server
     assert probe.calls == [] and not dog.trackers["recommend"].pending
+
+
+def test_a_run_trained_under_the_old_default_publishes_this_deployments_queue_bounds():
+    from dataclasses import replace
+
+    from genrec.settings import deployed, named_config
+
+    trained = named_config("tiny", environ={})
+    trained = replace(trained, serving=replace(trained.serving, max_queue_size=64), pipeline=replace(trained.pipeline, final_k=7))
+    assert deployed(trained, environ={}).serving.max_queue_size == 0  # today's default, not the saved one
+    assert deployed(trained, environ={"GENREC_SERVING__MAX_QUEUE_SIZE": "32"}).serving.max_queue_size == 32
+    assert deployed(trained, environ={"GENREC_PIPELINE__FINAL_K": "3"}).pipeline.final_k == 7  # the model's own settings stay the run's
