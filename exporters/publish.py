@@ -154,8 +154,8 @@ def publish_recommend(repository: Path, bundle, pinned: dict[str, int], manifest
     """
     from genrec.contracts import recommend_contract
     from genrec.ensemble.catalogue import Catalogue
-    from genrec.settings import deployed
     from genrec.ensemble.serving_setup import build_pipeline, load_setup, write_serving_file
+    from genrec.settings import deployed
 
     repository = Path(repository)
     c = recommend_contract(deployed(bundle.cfg))  # the queue bounds of this deployment, not of the training run
