@@ -198,15 +198,23 @@ def search_times(index: MilvusIndex, queries: np.ndarray, k: int) -> tuple[np.nd
 
 
 def compare_indexes(
-    vectors: np.ndarray, queries: np.ndarray, nprobes: list[int], nlist: int, state: Path, k: int = K
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    nprobes: list[int],
+    nlist: int,
+    state: Path,
+    k: int = K,
+    milvus_uri: str = "",
+    hnsw_efs: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """FLAT, then IVF_FLAT at each nprobe (one build), then HNSW (refused by milvus-lite: recorded)."""
+    """FLAT, then IVF_FLAT at each nprobe (one build), then HNSW (refused by milvus-lite: recorded),
+    each in a milvus-lite file under ``state``, or on the Milvus server at ``milvus_uri``."""
     k = min(k, vectors.shape[0])
     rows: list[dict[str, Any]] = []
     exact_ids: np.ndarray | None = None
     for kind in (AnnIndexType.FLAT, AnnIndexType.IVF_FLAT, AnnIndexType.HNSW):
         spec = IndexSpec(kind, nlist=nlist)
-        uri = str(state / f"ann-{kind.value.lower()}.db")
+        uri = milvus_uri or str(state / f"ann-{kind.value.lower()}.db")
         t0 = time.perf_counter()
         quiet = logging.getLogger("pymilvus")
         level = quiet.level
@@ -223,7 +231,11 @@ def compare_indexes(
             quiet.setLevel(level)
         build_s = time.perf_counter() - t0
         try:
-            search_specs = [replace(spec, nprobe=p) for p in nprobes] if kind is AnnIndexType.IVF_FLAT else [spec]
+            search_specs = [spec]
+            if kind is AnnIndexType.IVF_FLAT:
+                search_specs = [replace(spec, nprobe=p) for p in nprobes]
+            elif kind is AnnIndexType.HNSW and hnsw_efs:
+                search_specs = [replace(spec, hnsw_ef=e) for e in hnsw_efs]
             for s in search_specs:
                 index.index = s
                 search_times(index, queries[: min(5, len(queries))], k)  # warm
@@ -236,6 +248,7 @@ def compare_indexes(
                     "describe": s.describe(vectors.shape[0]),
                     "nprobe": s.nprobe if kind is AnnIndexType.IVF_FLAT else None,
                     "nlist": s.cells(vectors.shape[0]) if kind is AnnIndexType.IVF_FLAT else None,
+                    "ef": s.search_params(k).get("ef") if kind is AnnIndexType.HNSW else None,
                     "build_s": build_s,
                     "search_p50_ms": float(np.percentile(ms, 50)),
                     "search_p99_ms": float(np.percentile(ms, 99)),
@@ -246,8 +259,11 @@ def compare_indexes(
                     f"  {row['describe']}: build {build_s:.1f} s, search p50 {row['search_p50_ms']:.2f} / p99 {row['search_p99_ms']:.2f} ms, recall@{k} {rec:.4f}"
                 )
         finally:
+            if milvus_uri:  # a server keeps what it loaded: free it for the next index
+                index.client.drop_collection(index.collection)
             index.close()
-            Path(uri).unlink(missing_ok=True)
+            if not milvus_uri:
+                Path(uri).unlink(missing_ok=True)
     return rows
 
 
@@ -260,11 +276,16 @@ def pick_index(rows: list[dict[str, Any]], min_recall: float = RECALL_GOAL) -> d
     return min(ok, key=lambda r: r["search_p50_ms"])
 
 
-def serving_env(row: dict[str, Any]) -> dict[str, str]:
-    """GENREC_SERVING__* that make recommend serve the picked index."""
+def serving_env(row: dict[str, Any], milvus_uri: str = "") -> dict[str, str]:
+    """GENREC_SERVING__* that make recommend serve the picked index (with the search breadth it
+    was measured at: HNSW's ef for k=500, not the default 2 x the request's k)."""
     env = {"GENREC_SERVING__ANN_INDEX": row["index"]}
     if row["index"] == AnnIndexType.IVF_FLAT.value:
         env |= {"GENREC_SERVING__ANN_NLIST": str(row["nlist"]), "GENREC_SERVING__ANN_NPROBE": str(row["nprobe"])}
+    if row["index"] == AnnIndexType.HNSW.value:
+        env |= {"GENREC_SERVING__ANN_HNSW_EF": str(row["ef"])}
+    if milvus_uri:
+        env["GENREC_SERVING__MILVUS_URI"] = milvus_uri
     return env
 
 
@@ -457,14 +478,15 @@ def measure_size(run: Path, a: argparse.Namespace, work: Path, given: tuple[Path
         ann_state = work / "ann"
         ann_state.mkdir(parents=True, exist_ok=True)
         nlist = a.nlist or default_nlist(n_items)
-        row["ann"] = compare_indexes(vectors, queries, a.nprobe, nlist, ann_state)
+        row["ann"] = compare_indexes(vectors, queries, a.nprobe, nlist, ann_state, milvus_uri=a.milvus_uri, hnsw_efs=a.hnsw_ef)
+        row["milvus"] = a.milvus_uri or "milvus-lite"
         del vectors
         chosen = pick_index(row["ann"], a.min_recall) if a.serve_index == "auto" else _named(row["ann"], a.serve_index)
         row["ann_index"] = chosen["describe"]
         row[f"ann_recall_at_{K}"] = chosen[f"recall_at_{K}"]
         row["ann_search_ms"] = _search_ms(row["ann"])
         row["ann_build_s"] = {r["describe"]: r["build_s"] for r in row["ann"] if "error" not in r}
-        row["serving_env"] = serving_env(chosen)
+        row["serving_env"] = serving_env(chosen, a.milvus_uri)
         say(f"  serving {row['ann_index']} (recall@{K} {chosen[f'recall_at_{K}']:.4f})")
         if given is None:
             state = work / "state"
@@ -603,9 +625,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=200, help="user vectors for the ANN comparison")
     p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64], help="IVF_FLAT nprobe values to compare")
     p.add_argument("--nlist", type=int, default=0, help="IVF_FLAT cells (0: 4 x sqrt(items))")
+    p.add_argument("--hnsw-ef", type=int, nargs="+", default=[500, 1000], help="HNSW search breadths to compare (at least k=500)")
     p.add_argument("--min-recall", type=float, default=RECALL_GOAL, help="the served index's recall@500 at least")
     p.add_argument("--serve-index", choices=["auto", "FLAT", "IVF_FLAT"], default="auto", help="auto: the fastest at --min-recall")
     p.add_argument("--load-timeout-s", type=float, default=1200.0)
+    p.add_argument(
+        "--milvus-uri",
+        default="",
+        help="compare and serve the indexes on this Milvus server (e.g. http://127.0.0.1:19530; HNSW and nprobe work there) "
+        "instead of milvus-lite files",
+    )
     p.add_argument("--lock", default=LOCK, help=f"the benchmark lock held while measuring ('' = none; default {LOCK})")
     p.add_argument("--work-dir", type=Path, default=None, help="runs, repositories and logs (default: a temporary folder, removed)")
     p.add_argument("--out", type=Path, default=Path("bench/results/catalogue_scale.json"))

@@ -100,3 +100,17 @@ def test_the_benchmark_serves_the_fastest_index_at_the_recall_goal():
     }
     assert pick_index(rows, 0.99)["index"] == "FLAT"
     assert codebooks_for(20_000) == (32, 32, 32) and codebooks_for(200_000) == (64, 64, 64) and codebooks_for(1_000_000) == (128, 128, 128)
+
+
+def test_an_hnsw_index_on_a_milvus_server_is_served_at_the_breadth_it_was_measured_at():
+    rows = [
+        {"index": "FLAT", "describe": "FLAT", "search_p50_ms": 32.0, "recall_at_500": 1.0},
+        {"index": "HNSW", "describe": "HNSW(M=16,efConstruction=200,ef=500)", "ef": 500, "search_p50_ms": 3.0, "recall_at_500": 0.93},
+        {"index": "HNSW", "describe": "HNSW(M=16,efConstruction=200,ef=1000)", "ef": 1000, "search_p50_ms": 5.0, "recall_at_500": 0.98},
+    ]
+    best = pick_index(rows, 0.95)
+    assert serving_env(best, "http://127.0.0.1:19530") == {
+        "GENREC_SERVING__ANN_INDEX": "HNSW",
+        "GENREC_SERVING__ANN_HNSW_EF": "1000",
+        "GENREC_SERVING__MILVUS_URI": "http://127.0.0.1:19530",
+    }
