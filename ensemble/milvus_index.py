@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,6 +105,9 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(out)) if out else 1.0
 
 
+SERVER_GRACEFUL_S = 5.5  # Milvus's quotaAndLimits/common gracefulTime (5 s) for Bounded consistency, plus a margin
+
+
 def _columns(row: Any) -> tuple[Any, Any]:
     """One query's (ids, distances). pymilvus >= 2.5 keeps them as decoded columns (``row.ids``,
     ``row.distances``); indexing the row instead materialises every hit's entity dict again."""
@@ -160,9 +164,27 @@ class MilvusIndex:
         params.add_index("vector", index_type=self.index.kind.value, metric_type="IP", params=self.index.build_params(n))
         c.create_collection(name, schema=schema, index_params=params)
         insert_rows(lambda rows: c.insert(name, rows), vectors, progress)
+        inserted_at = time.monotonic()
         c.flush(name)
+        if not self.uri.endswith(".db"):  # a Milvus server builds the index in the background
+            self._wait_indexed(name, progress)
+            # searches are Bounded-consistent: rows younger than the server's graceful time are not
+            # seen yet (a fresh 1M collection searched at once lost ~19% of its rows)
+            time.sleep(max(0.0, SERVER_GRACEFUL_S - (time.monotonic() - inserted_at)))
         c.load_collection(name)
         self.built = True
+
+    def _wait_indexed(self, name: str, progress: Callable[[str], None] | None, timeout_s: float = 3600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.client.describe_index(name, "vector")
+            if info.get("state") == "Finished" and not info.get("pending_index_rows"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Milvus index of {name} not built in {timeout_s:.0f} s: {info}")
+            if progress:
+                progress(f"[milvus] {name}: {info.get('indexed_rows', 0)}/{info.get('total_rows', '?')} rows indexed")
+            time.sleep(2.0)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
