@@ -108,7 +108,9 @@ class TrainConfig:
     max_train_events: int = 64  # history events per training sample (latest ones)
     cuts_per_user: int = 6  # training samples drawn per user per epoch
     retrieval_weight: float = 1.0
-    sasrec_epochs: int = 12
+    sasrec_epochs: int = 20
+    sasrec_patience: int = 3  # SASRec's validation recall is noisier than our validation loss
+    sasrec_validation_users: int = 5_000
     ranker_users: int = 2_000
     ranker_rounds: int = 200
     seed: int = 0
@@ -220,6 +222,10 @@ class ServingConfig:
     ann_hnsw_m: int = 16  # HNSW links per node
     ann_hnsw_ef_construction: int = 200
     ann_hnsw_ef: int = 0  # HNSW search breadth; 0 = 2 x k (never under k)
+    # search the ANN index on a worker thread while the beam search runs: the search needs only the
+    # user vector, and Milvus runs in its own process, so the two use both cores (at 1M items the
+    # search alone is ~27 ms); False: one after the other (bench/catalogue_scale.py compares them)
+    ann_concurrent: bool = True
     state_dir: str = ""  # "" = a fresh temporary directory
     # recommend's opt-in bounded queue (config.pbtxt, written at publish; runtime/README.md "The
     # bounded queue"): > 0 refuses requests waiting beyond this many with UNAVAILABLE, at the cost

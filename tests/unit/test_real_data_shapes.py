@@ -86,3 +86,20 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
     report = stop.restore()
     assert report["best_epoch"] == 4 and report["epochs_run"] == 6
     assert torch.all(model.weight == 1.9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=12), st.integers(1, 8), st.integers(2, 64), st.integers(0, 2**31))
+def test_sasrec_windows_are_slices_of_the_history_with_the_latest_first(lengths, per_user, max_len, seed):
+    from genrec.train import sasrec_windows
+
+    seqs = [np.arange(n, dtype=np.int64) + 1000 * u for u, n in enumerate(lengths)]
+    windows = sasrec_windows(seqs, per_user, max_len, np.random.default_rng(seed))
+    at = 0
+    for s in seqs:
+        extra = per_user - 1 if len(s) > max_len + 1 else 0
+        mine, at = windows[at : at + 1 + extra], at + 1 + extra
+        assert np.array_equal(mine[0], s[-(max_len + 1) :])  # the latest window always
+        for w in mine[1:]:  # earlier windows: whole, contiguous, inside the history
+            assert len(w) == max_len + 1 and np.all(np.diff(w) == 1) and w[0] >= s[0] and w[-1] < s[-1]
+    assert at == len(windows)
