@@ -395,13 +395,15 @@ def visits_of(run: Path, n: int) -> Visits:
     return Visits([r for r in reqs if len(r.history) > 3][:n])
 
 
-def measure_serving(grpc_url: str, metrics_url: str, visits: Visits) -> dict[str, Any]:
+def measure_serving(grpc_url: str, metrics_url: str, visits: Visits, levels: tuple[int, ...] = (1, 4)) -> dict[str, Any]:
     """Cold first visits (not counted), then returning visits at concurrency 1 and 4."""
     from bench.recommend_latency import stage_means
 
     visits.run(grpc_url, 3, 1)
     out: dict[str, Any] = {}
     for cut, c, suffix in ((2, 1, ""), (1, 4, "_c4")):
+        if c not in levels:
+            continue
         before = scrape(metrics_url, 0.0)
         lat, wall = visits.run(grpc_url, cut, c)
         after = scrape(metrics_url)
@@ -497,6 +499,11 @@ def measure_size(run: Path, a: argparse.Namespace, work: Path, given: tuple[Path
                 say(f"  Triton ready in {load_s:.1f} s")
                 row |= measure_serving(grpc_url, metrics_url, visits)
                 row |= triton_memory(pid)
+            if a.sequential_ann:  # side by side: the ANN search after the beam search, not during it
+                say("  again with the ANN search after the beam search (GENREC_SERVING__ANN_CONCURRENT=false)")
+                env = row["serving_env"] | {"GENREC_SERVING__ANN_CONCURRENT": "false"}
+                with served(repo, state, env, a.load_timeout_s) as (grpc_url, metrics_url, _, _):
+                    row["sequential_ann"] = measure_serving(grpc_url, metrics_url, visits, levels=(1,))
         else:
             _, grpc_url, pid = given
             row["load_s"] = None
@@ -554,7 +561,7 @@ def summary(rows: list[dict[str, Any]], a: argparse.Namespace, load: list[list[f
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'items':>9} {'p50':>6} {'p99':>6} {'p50c4':>6} {'p99c4':>6} {'rss MiB':>8} {'load s':>7} {'publ s':>7} {'sid s':>6} {'trie':>9} {'trie MiB':>8} {'index':<26} {'rec@500':>7} {'FLAT ms':>8} {'IVF ms':>7}"
+    head = f"{'items':>9} {'p50':>6} {'p99':>6} {'p50c4':>6} {'p99c4':>6} {'rss MiB':>8} {'load s':>7} {'publ s':>7} {'sid s':>6} {'trie':>9} {'trie MiB':>8} {'index':<26} {'rec@500':>7} {'FLAT ms':>8} {'IVF ms':>7} {'p99 seq':>7}"
     print(head)
     for r in rows:
         ms = r["ann_search_ms"]
@@ -565,7 +572,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['items']:>9} {r['p50_ms']:>6.1f} {r['p99_ms']:>6.1f} {r['p50_ms_c4']:>6.1f} {r['p99_ms_c4']:>6.1f} {r['rss_mb']:>8.0f} "
             f"{f(r['load_s'], '7.1f'):>7} {f(r['publish_s'], '7.1f'):>7} {r['semantic_id_build_s']:>6.1f} {r['trie_entries']:>9} "
-            f"{r['trie_bytes'] / 2**20:>8.1f} {r['ann_index']:<26} {r[f'ann_recall_at_{K}']:>7.4f} {f(ms.get('FLAT'), '8.2f'):>8} {f(ms.get('IVF_FLAT'), '7.2f'):>7}"
+            f"{r['trie_bytes'] / 2**20:>8.1f} {r['ann_index']:<26} {r[f'ann_recall_at_{K}']:>7.4f} {f(ms.get('FLAT'), '8.2f'):>8} {f(ms.get('IVF_FLAT'), '7.2f'):>7} {f(r.get('sequential_ann', {}).get('p99_ms'), '7.1f'):>7}"
         )
 
 
@@ -629,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-recall", type=float, default=RECALL_GOAL, help="the served index's recall@500 at least")
     p.add_argument("--serve-index", choices=["auto", "FLAT", "IVF_FLAT"], default="auto", help="auto: the fastest at --min-recall")
     p.add_argument("--load-timeout-s", type=float, default=1200.0)
+    p.add_argument(
+        "--sequential-ann",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve with the ANN search after the beam search instead of during it (concurrency 1; side by side)",
+    )
     p.add_argument(
         "--milvus-uri",
         default="",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +61,8 @@ class ServingPipeline:
         """``has_target_prerank``: the runner serves the ``target_prerank`` graph (the version
         pins one); without it the pipeline pre-ranks by "dot" whatever ``pipeline.prerank`` says."""
         self.cfg, self.cat, self.ann = cfg, catalogue, ann
+        # one worker: requests of an instance run one at a time, so one search is ever in flight
+        self._ann_worker = ThreadPoolExecutor(1, thread_name_prefix="ann") if cfg.serving.ann_concurrent else None
         self.prerank_mode = cfg.pipeline.prerank if has_target_prerank else "dot"
         contracts = {c.name: c for c in pinnable_contracts(cfg)}
         # every graph call checked against its contract (names, dtypes, ranks, caps), whichever runner
@@ -120,7 +123,16 @@ class ServingPipeline:
 
     # ---- the whole request --------------------------------------------------------------------
     def recommend(self, req: RecommendRequest) -> Recommendation:
-        return timed_recommendation(req, self.encode, self.generate, self.retrieve, self.prerank, self.rank)
+        submit = self._ann_worker.submit if self._ann_worker is not None else None
+        return timed_recommendation(req, self.encode, self.generate, self.retrieve, self.prerank, self.rank, submit)
+
+    def close(self) -> None:
+        """Stop the ANN worker, then close the index (a Milvus client, a milvus-lite server)."""
+        if self._ann_worker is not None:
+            self._ann_worker.shutdown(wait=True)
+        close = getattr(self.ann, "close", None)
+        if close:
+            close()
 
 
 def encode_with_cache(encoder: IncrementalEncoder, cache: StateCache | None, req: RecommendRequest) -> tuple[EncodedRequest, str]:
@@ -147,22 +159,31 @@ def timed_recommendation(
     retrieve: Callable[[np.ndarray, RecommendRequest], np.ndarray],
     prerank: Callable[[Generated, Any, np.ndarray, np.ndarray, RecommendRequest], CascadeTrace],
     rank: Callable[[CascadeTrace, int], tuple[np.ndarray, np.ndarray]],
+    submit: Callable[..., Future] | None = None,
 ) -> Recommendation:
     """One request through the stages, timed, with the candidate counts the metrics report. The
     encoder output needs ``user`` ((d,) or (1, d)) and ``memory_logw``; generate and pre-rank get
-    it as is (the target-aware pre-rank attends to its memory)."""
-    t = [time.perf_counter()]
+    it as is (the target-aware pre-rank attends to its memory). With ``submit`` (an executor's)
+    the ANN search runs there while the beam search runs here; each stage's time is its own, so
+    ``retrieve`` then overlaps ``generate``."""
+    t0 = time.perf_counter()
     enc, outcome = encode(req)
-    t.append(time.perf_counter())
-    gen, pruned = generate(enc, req)
-    t.append(time.perf_counter())
+    t_enc = time.perf_counter()
     user = np.asarray(enc.user).reshape(-1)
-    ann = retrieve(user, req)
-    t.append(time.perf_counter())
+    pending = submit(_timed, retrieve, user, req) if submit is not None else None
+    try:
+        gen, pruned = generate(enc, req)
+    except BaseException:
+        if pending is not None and not pending.cancel():
+            wait([pending])  # no search of this request outlives it
+        raise
+    t_gen = time.perf_counter()
+    ann, retrieve_s = pending.result() if pending is not None else _timed(retrieve, user, req)
+    t_ann = time.perf_counter()
     trace = prerank(gen, enc, user, ann, req)
-    t.append(time.perf_counter())
+    t_pre = time.perf_counter()
     items, scores = rank(trace, req.options.final_k)
-    t.append(time.perf_counter())
+    t_rank = time.perf_counter()
     counts = {
         "generated": len(gen.items),
         "candidates": len(trace.candidates),
@@ -171,5 +192,12 @@ def timed_recommendation(
         "beams_pruned": pruned,
         "memory_entries": int(np.isfinite(np.asarray(enc.memory_logw)).sum()),  # the decoder attends to these
     }
-    stage_ms = {s: (t[i + 1] - t[i]) * 1e3 for i, s in enumerate(STAGES)}
+    seconds = {"encode": t_enc - t0, "generate": t_gen - t_enc, "retrieve": retrieve_s, "prerank": t_pre - t_ann, "rank": t_rank - t_pre}
+    stage_ms = {s: seconds[s] * 1e3 for s in STAGES}
     return Recommendation(items, scores, counts, stage_ms, outcome, user.astype(np.float32))
+
+
+def _timed(fn: Callable[..., np.ndarray], *args: Any) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t

@@ -115,6 +115,4 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self.flusher is not None:
             self.flusher.stop()
-        close = getattr(self.pipeline.ann, "close", None)
-        if close:
-            close()
+        self.pipeline.close()
