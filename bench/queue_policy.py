@@ -99,6 +99,16 @@ def closed_loop(grpc_url: str, visits: Any, requests: int) -> tuple[list[float],
     return lat, refused
 
 
+def example_history(n: int = 5) -> dict[str, np.ndarray]:
+    """A valid ``n``-event history for every named config, by input name (``CANARY_INPUTS`` order)."""
+    return {
+        "history_items": np.arange(1, n + 1, dtype=np.int64),
+        "history_actions": np.zeros(n, np.int64),
+        "history_timestamps": np.arange(n, dtype=np.float64) * 60 + 1.7e9,
+        "history_devices": np.zeros(n, np.int64),
+    }
+
+
 def flood(grpc_url: str, n: int, deadline_s: float) -> dict[str, Any]:
     """``n`` concurrent requests at once, each with a client deadline: outcomes by status code
     (``messages``: the failures' messages), the slowest (s), and how long one request sent right
@@ -109,12 +119,7 @@ def flood(grpc_url: str, n: int, deadline_s: float) -> dict[str, Any]:
 
     from genrec.runtime.watchdog import CANARY_INPUTS
 
-    history = {
-        "history_items": np.arange(1, 6, dtype=np.int64),
-        "history_actions": np.zeros(5, np.int64),
-        "history_timestamps": np.arange(5, dtype=np.float64) * 60 + 1.7e9,
-        "history_devices": np.zeros(5, np.int64),
-    }
+    history = example_history()
 
     async def run() -> tuple[list[tuple[str, str, float]], tuple[str, str, float]]:
         client = grpcaio.InferenceServerClient(grpc_url)

@@ -23,7 +23,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.queue_policy import flood
@@ -135,15 +134,13 @@ class Launcher:
 
 
 def _inputs() -> list:
-    n = 5
-    arrays = (
-        ("history_items", "INT64", np.arange(1, n + 1, dtype=np.int64)),
-        ("history_actions", "INT64", np.zeros(n, np.int64)),
-        ("history_timestamps", "FP64", np.arange(n, dtype=np.float64) * 60 + 1.7e9),
-        ("history_devices", "INT64", np.zeros(n, np.int64)),
-    )
+    from bench.queue_policy import example_history
+    from genrec.runtime.watchdog import CANARY_INPUTS
+
+    history = example_history()
     out = []
-    for name, dtype, arr in arrays:
+    for name, dtype in CANARY_INPUTS:
+        arr = history[name]
         t = grpcclient.InferInput(name, list(arr.shape), dtype)
         t.set_data_from_numpy(arr)
         out.append(t)
