@@ -7,7 +7,10 @@ FLOPs count multiply-adds as 2 and cover the matmuls (the elementwise work is sm
 them): the encoder over a history of L events (2L+2 tokens; with compression each query sees at
 most ``recent + block + slots + 1`` keys), the decoder's cross K/V once per request plus one
 step per beam (step 0: 1 beam, step 1: w1, step 2: w2, routed MoE: top-k of E experts), and
-the ranker over 100 candidates (one comparison per tree level, counted as 1 FLOP).
+the ranker over 100 candidates (one comparison per tree level, counted as 1 FLOP). The opt-in
+target-aware pre-ranker (``pipeline.prerank = "target_attention"``) is counted apart, over the
+``max_candidates`` merged candidates: K/V of the memory once, then per candidate its query,
+item and output projections, attention over the memory and the scoring MLP.
 The full configuration is built on PyTorch's meta device, so nothing is allocated.
 """
 
@@ -23,6 +26,7 @@ import torch
 from genrec.artifacts import machine, now_iso, versions, write_json
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.sasrec import SASRec
+from genrec.models.target_prerank import TargetPrerank, spec_for
 from genrec.models.ugt_encoder import UGTEncoder
 from genrec.settings import NAMED_CONFIGS, Config, named_config
 
@@ -78,6 +82,13 @@ def decoder_flops(cfg: Config, memory: int) -> dict[str, float]:
     return out
 
 
+def target_prerank_flops(cfg: Config, memory: int) -> float:
+    """The target-aware pre-ranker over ``pipeline.max_candidates``, as ``genrec.train`` builds it."""
+    with torch.device("meta"):
+        model = TargetPrerank(spec_for(cfg.encoder.d_model, cfg.encoder.n_heads))
+    return float(model.flops_per_request(memory, cfg.pipeline.max_candidates))
+
+
 def card(cfg: Config) -> dict:
     sid = cfg.semantic_id
     n_items = cfg.data.n_items
@@ -104,6 +115,7 @@ def card(cfg: Config) -> dict:
                 "memory_entries": mem,
                 "ranker": rank_f,
                 "total": enc_f + dec_f["total"] + rank_f,
+                "target_prerank": target_prerank_flops(cfg, mem),  # opt-in, not in the total
             }
     return {
         "config": cfg.name,

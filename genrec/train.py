@@ -32,14 +32,14 @@ from genrec.data.movielens import load_movielens
 from genrec.data.schema import Dataset
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
-from genrec.ensemble.cascade import PRERANK_FEATURES, prerank_features, prerank_scores, top_k
+from genrec.ensemble.cascade import prerank_features, prerank_scores, top_k
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.heldout import heldout_requests, history_slice
 from genrec.item_features import item_feature_matrix
 from genrec.models.moe_decoder import MoEDecoder
 from genrec.models.rqvae import train_rqvae
 from genrec.models.sasrec import SASRec, left_pad
-from genrec.models.target_prerank import PrerankList, PrerankSpec
+from genrec.models.target_prerank import PrerankList, spec_for
 from genrec.models.target_prerank import fit as fit_prerank
 from genrec.models.target_prerank import save as save_target_prerank
 from genrec.models.ugt_encoder import UGTEncoder, build_tokens
@@ -351,16 +351,7 @@ def fit_target_prerank(
         c = tr.candidates
         at = np.flatnonzero(c.items == t)
         lists.append(PrerankList(mem, logw, c.items, prerank_features(c, log_pop), int(at[0]) if at.size else -1))
-    d = cfg.encoder.d_model
-    spec = PrerankSpec(
-        d_item=d,
-        d_memory=d,
-        n_heads=cfg.encoder.n_heads,
-        n_features=len(PRERANK_FEATURES),
-        hidden=d,
-        logprob_index=PRERANK_FEATURES.index("gen_logprob"),
-        sim_index=PRERANK_FEATURES.index("ann_sim"),
-    )
+    spec = spec_for(cfg.encoder.d_model, cfg.encoder.n_heads)
     tc = cfg.train
     model, oof, report = fit_prerank(
         lists,

@@ -54,6 +54,22 @@ class PrerankSpec:
     sim_index: int  # ... and at the dot pre-rank's weight (ANN similarity)
 
 
+def spec_for(d_model: int, n_heads: int) -> PrerankSpec:
+    """The pre-ranker ``genrec-train`` builds for an encoder of ``d_model`` (items, memory and
+    the MLP all that wide) over the cascade's pre-rank features."""
+    from genrec.ensemble.cascade import PRERANK_FEATURES
+
+    return PrerankSpec(
+        d_item=d_model,
+        d_memory=d_model,
+        n_heads=n_heads,
+        n_features=len(PRERANK_FEATURES),
+        hidden=d_model,
+        logprob_index=PRERANK_FEATURES.index("gen_logprob"),
+        sim_index=PRERANK_FEATURES.index("ann_sim"),
+    )
+
+
 class TargetPrerank(nn.Module):
     feat_mean: torch.Tensor
     feat_std: torch.Tensor

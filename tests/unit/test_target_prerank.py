@@ -96,3 +96,22 @@ def test_prerank_setting_is_checked():
     assert PipelineConfig().prerank == "dot"
     with pytest.raises(ValueError, match="pipeline.prerank"):
         PipelineConfig(prerank="attention")
+
+
+def test_the_counted_flops_are_the_matmuls_torch_counts():
+    """``flops_per_request`` (the model card's figure) against torch's own FLOP counter on a forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genrec.models.target_prerank import spec_for
+
+    model = TargetPrerank(spec_for(32, 2)).eval()
+    memory, candidates = 17, 50
+    args = (
+        torch.randn(1, memory, 32),
+        torch.zeros(1, memory),
+        torch.randn(1, candidates, 32),
+        torch.randn(1, candidates, model.spec.n_features),
+    )
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args)
+    assert counter.get_total_flops() == model.flops_per_request(memory, candidates)
