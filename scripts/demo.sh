@@ -20,7 +20,7 @@ if RUN=$(latest); then
 else
   .venv/bin/genrec-train --config "$CONFIG"
   RUN=$(latest)
-  .venv/bin/genrec-evaluate --run "$RUN" --out "$OUT/quality.json"
+  .venv/bin/genrec-evaluate --run "$RUN" --exclude-seen --out "$OUT/quality.json"  # the protocol of the README's table
   .venv/bin/genrec-model-card --out "$OUT/model_card.json"
 fi
 # publishes (with the exporter summary) only if the repository's recommend does not serve $RUN yet
