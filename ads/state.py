@@ -14,16 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal, cast
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 from genrec.ads.pacing import PaceState, PacingController, hour_of_day
-from genrec.feed.event_store import _store_call
+from genrec.feed.redis_clients import RedisClients, lua_script, store_call
 from genrec.settings import AdsConfig
 
 ChargeOutcome = Literal["charged", "duplicate", "exhausted"]
@@ -37,10 +31,6 @@ def user_key(prefix: str, user_id: str, suffix: str) -> str:
 
 def campaign_key(prefix: str, campaign: int, suffix: str) -> str:
     return f"{prefix}:{{c:{int(campaign)}}}:{suffix}"
-
-
-def _script(name: str) -> str:
-    return resources.files("genrec.ads").joinpath("lua").joinpath(name).read_text()
 
 
 def _micros(amount: float) -> int:
@@ -96,17 +86,10 @@ class AdState:
         """``pacing``: the throttle ``snapshot`` applies and keeps up to date (None: no pacing,
         every probability is 1). ``ttl_s``: lifetime of the per-day keys (2 days: yesterday's
         clicks still find their charged tokens). ``served_cap``: impression records per user."""
-        # reads: one retry on a connection error (a pooled connection broken by a Redis restart)
-        self.redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
-        # writes: never resent by the client library (a reply lost after a script ran would apply
-        # it twice); a caller's retry is safe where the step is idempotent (click tokens)
-        self.writes = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+        # writes are never resent by the client library (a reply lost after a script ran would
+        # apply it twice); a caller's retry is safe where the step is idempotent (click tokens)
+        clients = RedisClients.open(url, timeout_s)
+        self.redis, self.writes = clients.reads, clients.writes
         self.prefix = prefix
         self.pacing = pacing
         self.ttl_s = ttl_s
@@ -115,9 +98,9 @@ class AdState:
         # clock per process: they only filter eligibility (the charge script enforces budgets)
         self.campaign_cache_s = campaign_cache_s
         self._campaigns: dict[tuple[int, str], tuple[float, float, float]] = {}  # (c, day) -> (spend, p, read at)
-        self._record = self.writes.register_script(_script("record_served.lua"))
-        self._charge = self.writes.register_script(_script("charge_click.lua"))
-        self._pace = self.writes.register_script(_script("pace.lua"))
+        self._record = self.writes.register_script(lua_script("genrec.ads", "record_served.lua"))
+        self._charge = self.writes.register_script(lua_script("genrec.ads", "charge_click.lua"))
+        self._pace = self.writes.register_script(lua_script("genrec.ads", "pace.lua"))
 
     @classmethod
     def from_config(cls, cfg: AdsConfig, url: str, timeout_s: float) -> AdState:
@@ -144,7 +127,7 @@ class AdState:
     def charged_key(self, campaign: int, day: str) -> str:
         return campaign_key(self.prefix, campaign, f"charged:{day}")
 
-    @_store_call
+    @store_call
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
@@ -152,7 +135,7 @@ class AdState:
         await self.redis.aclose()
         await self.writes.aclose()
 
-    @_store_call
+    @store_call
     async def snapshot(
         self, user_id: str, campaigns: Sequence[int], day: str, now: float, budgets: Mapping[int, float] | None = None
     ) -> AdSnapshot:
@@ -214,7 +197,7 @@ class AdState:
             answers = await pipe.execute()
         return probability, {c: _num(a, 1.0) for (c, _, _), a in zip(updates, answers)}
 
-    @_store_call
+    @store_call
     async def record_served(self, user_id: str, day: str, ads: Sequence[ServedAd], ttl_s: int, now: float | None = None) -> list[bool]:
         """Place ``ads`` (in page order) under their frequency caps, atomically: each one is
         accepted, counted and recorded only while the user's count for its campaign today is
@@ -234,7 +217,7 @@ class AdState:
         the serve (the token's), so a retry after midnight finds the same charged set."""
         return (await self.charge_clicks([Click(campaign, token_id, price, budget)], day, now))[0]
 
-    @_store_call
+    @store_call
     async def charge_clicks(self, clicks: Sequence[Click], day: str, now: float) -> list[ChargeOutcome]:
         """``charge_click`` for several clicks in one pipeline: each charge is atomic in its own
         campaign's slot, the batch is not. On an error some may have been charged: retrying the
@@ -249,7 +232,7 @@ class AdState:
             answers = await pipe.execute()
         return [_outcome(a[0]) for a in answers]
 
-    @_store_call
+    @store_call
     async def hourly_spend(self, campaigns: Sequence[int], day: str) -> dict[int, list[float]]:
         """Each campaign's spend in each hour of ``day`` (reports, the pacing benchmark)."""
         fields = [f"h:{h:02d}" for h in range(24)]

@@ -17,29 +17,21 @@ its share of ``active_users_cap`` at every flush.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 import zlib
-from collections.abc import Callable, Coroutine
-from importlib import resources
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from genrec.feed.events import BatchPlan
 from genrec.feed.history import unpack
-from genrec.feed.ports import BatchResult, StoreUnavailable, UserState
+from genrec.feed.ports import BatchResult, UserState
+from genrec.feed.redis_clients import RedisClients, lua_script, store_call
 
 PREFIX = "feed"
 ACTIVE_SHARDS = 16  # fixed: changing it moves users between keys (the index refills within a visit)
 ACTIVE_FLUSH_S = 1.0  # how stale the index may be (and how much a crash loses)
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def user_key(user_id: str, suffix: str) -> str:
@@ -54,23 +46,6 @@ def active_shard(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % ACTIVE_SHARDS
 
 
-def _script(name: str) -> str:
-    return resources.files("genrec.feed").joinpath("lua").joinpath(name).read_text()
-
-
-def _store_call(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis's errors become the domain's ``StoreUnavailable``."""
-
-    @functools.wraps(method)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except RedisError as e:
-            raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
-
-    return call
-
-
 class EventStore:
     def __init__(
         self,
@@ -82,18 +57,10 @@ class EventStore:
         idempotency_ttl_s: int,
         active_users_cap: int = 0,  # 0: no recently-active index
     ) -> None:
-        # reads: one retry, on a connection error only: a pooled connection broken by a Redis
-        # restart is replaced instead of failing the request (recovery without a restart)
-        self.redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
-        # writes: never resent by the client library: a reply lost after the script ran would
-        # otherwise apply the batch twice. The caller retries with its Idempotency-Key.
-        self.writes = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+        # reads retry once on a broken connection; writes are never resent (a lost reply after
+        # the script ran would apply the batch twice): the caller retries with its Idempotency-Key
+        clients = RedisClients.open(url, timeout_s)
+        self.redis, self.writes = clients.reads, clients.writes
         self.history_cap = history_cap
         self.impression_cap = impression_cap
         self.relation_cap = relation_cap
@@ -103,9 +70,9 @@ class EventStore:
         self._seen: dict[str, float] = {}  # user -> last-seen time, not yet in Redis
         self._flushed_at = time.monotonic()
         self._flushing: asyncio.Task[None] | None = None
-        self._apply = self.writes.register_script(_script("apply_events.lua"))
+        self._apply = self.writes.register_script(lua_script("genrec.feed", "apply_events.lua"))
 
-    @_store_call
+    @store_call
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
@@ -116,7 +83,7 @@ class EventStore:
         await self.redis.aclose()
         await self.writes.aclose()
 
-    @_store_call
+    @store_call
     async def recorded_batch(self, user_id: str, idempotency_key: str, body_hash: str) -> BatchResult | None:
         """The outcome already recorded under an Idempotency-Key (a replay or a conflict), or
         None. Looked up before the batch is validated again, so a retry whose event tokens have
@@ -128,7 +95,7 @@ class EventStore:
             return BatchResult("conflict", None)
         return BatchResult("replay", json.loads(answer) if answer is not None else {})
 
-    @_store_call
+    @store_call
     async def user_state(self, user_id: str, n_items: int, n_devices: int, max_negatives: int, mark_active: bool = True) -> UserState:
         """The user's history, negatives and segment; ``mark_active``: a visit, noted for the
         recently-active index (a warm-up's read is not one)."""
@@ -169,7 +136,7 @@ class EventStore:
         except RedisError:
             pass
 
-    @_store_call
+    @store_call
     async def recently_active(self, limit: int) -> list[str]:
         """Up to ``limit`` user ids, the most recently seen first (one round trip over the shards)."""
         if limit <= 0:
@@ -181,7 +148,7 @@ class EventStore:
         seen = sorted(((float(t), bytes(u).decode()) for shard in shards for u, t in shard), reverse=True)
         return [u for _, u in seen[:limit]]
 
-    @_store_call
+    @store_call
     async def apply_batch(self, user_id: str, idempotency_key: str | None, body_hash: str, plan: BatchPlan, now: float) -> BatchResult:
         answer = json.dumps(plan.answer(), separators=(",", ":"))
         keys = [
@@ -199,12 +166,12 @@ class EventStore:
         status = status.decode() if isinstance(status, bytes) else status
         return BatchResult(status, json.loads(stored) if status != "conflict" else None)
 
-    @_store_call
+    @store_call
     async def get_page(self, user_id: str, session_id: str, page: int) -> bytes | None:
         value = await self.redis.get(user_key(user_id, f"pg:{session_id}:{page}"))
         return value if value is None else bytes(value)
 
-    @_store_call
+    @store_call
     async def put_page(self, user_id: str, session_id: str, page: int, body: bytes, ttl_s: int) -> bytes:
         """Store a served page once (the first writer wins) and return the stored one."""
         key = user_key(user_id, f"pg:{session_id}:{page}")
@@ -214,7 +181,7 @@ class EventStore:
             _, stored = await p.execute()
         return bytes(stored) if stored is not None else body
 
-    @_store_call
+    @store_call
     async def seed_user(self, user_id: str, records: list[bytes], segment: int, seed_tag: str) -> bool:
         """Write a seeded history once per data set (re-runs skip users already seeded from it,
         keeping the events they received since). Returns whether it wrote."""
