@@ -106,6 +106,7 @@ def sample_batch(ds: Dataset, batch: Sequence[Any]) -> tuple[Any, torch.Tensor]:
     return tokens, torch.tensor([int(ev.item[s.end]) for s in batch])
 
 
+@torch.no_grad()
 def validation_score(ds: Dataset, samples: list[Sample], enc: UGTEncoder, dec: MoEDecoder, cfg: Config) -> dict[str, float]:
     """Losses on the validation targets (the early-stopping criterion: generation + weighted
     retrieval, in the served compression mode) and the user vector's recall@10 (reported)."""
