@@ -147,6 +147,7 @@ class TritonServer:
         self.extra_env = dict(env or {})  # e.g. GENREC_SERVING__* for the recommend model
         self.proc: subprocess.Popen | None = None
         self.restart_failed = False  # a restart could not start the server: the launcher exits non-zero
+        self.gave_up = False  # the watchdog's restart budget was spent: the launcher exits non-zero
 
     @classmethod
     def on_free_ports(
@@ -268,6 +269,12 @@ class TritonServer:
                 self.restart_failed = True
                 raise
 
+    def give_up(self) -> None:
+        """Stop for good (the watchdog would restart past its budget): the launcher exits non-zero."""
+        with self.lock:
+            self.gave_up = True
+            self.stop()
+
     def __enter__(self) -> TritonServer:
         return self.start()
 
@@ -307,9 +314,11 @@ def main(argv: list[str] | None = None) -> int:
             f"[triton] ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics http://localhost:{a.metrics_port}/metrics",
             flush=True,
         )
+        # one budget for both kinds of restart: a crash (supervise) and a hung model (the watchdog)
+        budget = RestartBudget(serving.server_restarts, serving.server_restart_window_s)
         if serving.watchdog:
-            dog = start_watchdog(server, serving, a.watchdog_metrics_port)
-        return supervise(server, RestartBudget(serving.server_restarts, serving.server_restart_window_s))
+            dog = start_watchdog(server, serving, a.watchdog_metrics_port, budget)
+        return supervise(server, budget)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -318,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
 
-def start_watchdog(server: TritonServer, serving, metrics_port: int = 0):
-    """The watchdog of ``server`` (settings: ServingConfig.watchdog_*), running in a thread."""
+def start_watchdog(server: TritonServer, serving, metrics_port: int = 0, budget: RestartBudget | None = None):
+    """The watchdog of ``server`` (settings: ServingConfig.watchdog_*), running in a thread;
+    its restarts count against ``budget`` (None: unlimited), shared with ``supervise``."""
     from genrec.runtime.watchdog import TritonProbe, Watchdog, WatchdogMetrics
 
     metrics = WatchdogMetrics() if metrics_port else None
@@ -332,6 +342,8 @@ def start_watchdog(server: TritonServer, serving, metrics_port: int = 0):
         failures=serving.watchdog_failures,
         unload_timeout_s=serving.watchdog_unload_timeout_s,
         restart=server.restart,
+        restart_budget=budget,
+        give_up=server.give_up,
         recover_by_reload=server.mode == "explicit",  # the repository API needs explicit model control
         metrics=metrics,
         shm_regions=server.shm_regions,
@@ -352,8 +364,9 @@ def supervise(server: TritonServer, budget: RestartBudget | None = None, log=Non
         assert proc is not None
         code = proc.wait()
         with server.lock:  # a restart in progress holds it until the new process is up (or failed)
-            if server.restart_failed:  # the watchdog's restart could not start it (the watchdog has stopped)
-                log("server_exited", code=code, action="exit", reason="restart_failed", restarts=budget.used)
+            if server.restart_failed or server.gave_up:  # the watchdog could not, or may not, restart it
+                reason = "restart_failed" if server.restart_failed else "restart_budget_spent"
+                log("server_exited", code=code, action="exit", reason=reason, restarts=budget.used)
                 return code or 1
             if server.proc is not proc:
                 continue  # the watchdog restarted it

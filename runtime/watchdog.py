@@ -366,6 +366,10 @@ class Watchdog:
     failures: int = 3
     max_recoveries: int = 2
     restart: Callable[[], None] | None = None  # None: log and keep recovering by unload + load
+    # restarts past this budget (shared with the launcher's crash restarts) are refused: give_up
+    # stops the server instead, and the launcher exits for its own supervisor (None: no limit)
+    restart_budget: RestartBudget | None = None
+    give_up: Callable[[], None] | None = None
     # an unload waits for the dead instance's queue, which it fails one request per second (the
     # Python backend's health poll): past this, restart the server instead of waiting it out
     unload_timeout_s: float = 15.0
@@ -490,6 +494,14 @@ class Watchdog:
             tracker.restarted()
             return
         t0 = time.monotonic()
+        if self.restart_budget is not None and not self.restart_budget.allow(t0):
+            self.log("restart_refused", model=model, reason="restart budget spent", restarts=self.restart_budget.used)
+            if self.metrics:
+                self.metrics.recoveries.labels(model, "restart", "refused").inc()
+            self._stop.set()
+            if self.give_up is not None:
+                self.give_up()
+            return
         ok, error = True, None
         try:
             self.restart()

@@ -156,6 +156,28 @@ def test_an_unload_stuck_draining_a_dead_instance_is_followed_by_a_restart():
     assert restarts == [1] and len(events) == 3
 
 
+def test_a_watchdog_restart_past_the_shared_budget_is_refused_and_the_server_given_up():
+    import time
+
+    from genrec.runtime.watchdog import RestartBudget
+
+    events, restarts, given_up = [], [], []
+    budget = RestartBudget(max_restarts=1, window_s=600.0)
+    assert budget.allow(time.monotonic())  # the launcher already restarted a crashed server once
+    probe = FakeProbe([Verdict.UNHEALTHY, Verdict.OK], unload_answers=False)
+    dog = Watchdog(
+        probe,  # type: ignore[arg-type]
+        server_pid=lambda: None,
+        restart=lambda: restarts.append(1),
+        restart_budget=budget,
+        give_up=lambda: given_up.append(1),
+        log=lambda e, **f: events.append((e, f)),
+    )
+    dog.tick()
+    assert restarts == [] and given_up == [1] and dog._stop.is_set()
+    assert [e for e, _ in events] == ["detected", "unload_stalled", "restart_refused"]
+
+
 def test_recommend_queue_is_bounded_from_settings_and_an_operator_may_change_the_bounds(tmp_path):
     from genrec.contracts import recommend_contract
     from genrec.exporters.pbtxt import render
@@ -216,7 +238,7 @@ class FakeServer:
         import threading
 
         self.codes, self.restart_ok, self.restarts = list(codes), restart_ok, 0
-        self.lock, self.restart_failed = threading.RLock(), False
+        self.lock, self.restart_failed, self.gave_up = threading.RLock(), False, False
         self.proc = FakeProc(self.codes.pop(0))
 
     def restart(self) -> None:
@@ -273,6 +295,10 @@ def test_supervise_waits_on_through_a_watchdog_restart_and_exits_after_a_failed_
     failed.restart_failed = True  # the watchdog's restart could not start a new one
     code, events = _supervise(failed)
     assert code == -15 and events == [("server_exited", "exit")] and failed.restarts == 0
+
+    spent = FakeServer([-15])
+    spent.gave_up = True  # the watchdog's restart budget was spent: it stopped the server
+    assert _supervise(spent) == (-15, [("server_exited", "exit")]) and spent.restarts == 0
 
 
 def test_a_new_server_process_makes_the_watchdog_forget_the_old_one():
