@@ -54,3 +54,21 @@ def test_serving_modes_are_enums_checked_once_in_settings():
         named_config("tiny", environ={"GENREC_SERVING__EXECUTION": "gpu"})
     with pytest.raises(ValueError, match="serving.state_store"):
         named_config("tiny", environ={"GENREC_SERVING__STATE_STORE": "memcached"})
+
+
+def test_a_published_version_serves_with_this_deployments_serving_settings(tmp_path):
+    """serving.json keeps the training run's Config; its serving section must not come back at
+    load time (an old run would bring back an old default): defaults + GENREC_SERVING__* now."""
+    from dataclasses import replace
+
+    from genrec.ensemble.serving_setup import load_setup, write_serving_file
+    from genrec.settings import ServingConfig, named_config
+
+    trained = named_config("tiny", environ={})
+    trained = replace(
+        trained, serving=replace(trained.serving, max_queue_size=64, ann_concurrent=False), pipeline=replace(trained.pipeline, final_k=7)
+    )
+    write_serving_file(tmp_path, trained, {}, "runs/tiny-001")
+    assert load_setup(tmp_path, environ={}).cfg.serving == ServingConfig()
+    now = load_setup(tmp_path, environ={"GENREC_SERVING__MAX_QUEUE_SIZE": "32"}).cfg
+    assert now.serving.max_queue_size == 32 and now.serving.ann_concurrent and now.pipeline.final_k == 7
