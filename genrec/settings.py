@@ -102,12 +102,17 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 30  # at most: early stopping (patience) decides; small stopped at a cap of 8 still improving
     batch_size: int = 256
     lr: float = 2e-3
     max_train_events: int = 64  # history events per training sample (latest ones)
     cuts_per_user: int = 6  # training samples drawn per user per epoch
     retrieval_weight: float = 1.0
+    # next-item loss at earlier positions (HSTU/SASRec-style): the encoder's output at each event's
+    # ACTION token predicts the next event's item, on up to next_item_positions positions drawn per
+    # batch (a sample otherwise teaches only its last target; 0 weight: off)
+    next_item_weight: float = 1.0
+    next_item_positions: int = 2_048
     sasrec_epochs: int = 20
     sasrec_patience: int = 3  # SASRec's validation recall is noisier than our validation loss
     sasrec_validation_users: int = 5_000

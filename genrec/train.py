@@ -33,6 +33,7 @@ from genrec.data.schema import Dataset
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
 from genrec.ensemble.cascade import prerank_features, prerank_scores, top_k
+from genrec.ensemble.encoder_state import ACTION, ITEM
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.heldout import heldout_requests, history_slice
 from genrec.item_features import item_feature_matrix
@@ -42,7 +43,7 @@ from genrec.models.sasrec import SASRec, left_pad
 from genrec.models.target_prerank import PrerankList, spec_for
 from genrec.models.target_prerank import fit as fit_prerank
 from genrec.models.target_prerank import save as save_target_prerank
-from genrec.models.ugt_encoder import UGTEncoder, build_tokens
+from genrec.models.ugt_encoder import TokenBatch, UGTEncoder, build_tokens
 from genrec.ranker import train_ranker
 from genrec.reference import ReferencePipeline
 from genrec.settings import DATA_PRESETS, PRERANKERS, Config, named_config
@@ -130,6 +131,30 @@ def validation_score(ds: Dataset, samples: list[Sample], enc: UGTEncoder, dec: M
     return {"loss": gen + tc.retrieval_weight * ret, "generation_loss": gen, "retrieval_loss": ret, "ann_recall@10": hits / n}
 
 
+def next_item_targets(tokens: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, columns, items): each event's ACTION token that is followed by a next event, and
+    that next event's item. The output there has seen the event and the ones before (causal)."""
+    is_action = tokens.types[:, :-1] == ACTION
+    follows = (tokens.types[:, 1:] == ITEM) & (tokens.item[:, 1:] >= 0)
+    rows, cols = torch.nonzero(is_action & follows, as_tuple=True)
+    return rows, cols, tokens.item[rows, cols + 1]
+
+
+def next_item_loss(
+    enc: UGTEncoder, memory: torch.Tensor, tokens: TokenBatch, item_vecs: torch.Tensor, max_positions: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """Cross-entropy of the next event's item from the encoder's output at earlier positions
+    (``next_item_targets``), over at most ``max_positions`` of them drawn from the batch.
+    ``memory[:, :N]`` are the per-token outputs in both compression modes."""
+    rows, cols, items = next_item_targets(tokens)
+    if len(rows) == 0:
+        return torch.zeros(())
+    if len(rows) > max_positions:
+        keep = torch.from_numpy(rng.choice(len(rows), max_positions, replace=False))
+        rows, cols, items = rows[keep], cols[keep], items[keep]
+    return F.cross_entropy(enc.user_proj(memory[rows, cols]) @ item_vecs.T, items)
+
+
 class EarlyStopping:
     """Keeps the best state seen (by ``better``) and says when ``patience`` epochs passed without one."""
 
@@ -188,8 +213,12 @@ def train_generative(
             out = enc.forward_dense(tokens, compression=compression)
             logits, aux = dec(out.memory, out.memory_logw, codes[target])
             gen_loss = sum((F.cross_entropy(lg, codes[target, level]) for level, lg in enumerate(logits)), start=torch.zeros(()))
-            ret_loss = F.cross_entropy(out.user @ enc.item_embeddings().T, target)
+            item_vecs = enc.item_embeddings()
+            ret_loss = F.cross_entropy(out.user @ item_vecs.T, target)
             loss = gen_loss + tc.retrieval_weight * ret_loss + cfg.decoder.load_balance_weight * aux
+            if tc.next_item_weight > 0:
+                next_loss = next_item_loss(enc, out.memory, tokens, item_vecs, tc.next_item_positions, rng)
+                loss = loss + tc.next_item_weight * next_loss
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -103,3 +103,28 @@ def test_sasrec_windows_are_slices_of_the_history_with_the_latest_first(lengths,
         for w in mine[1:]:  # earlier windows: whole, contiguous, inside the history
             assert len(w) == max_len + 1 and np.all(np.diff(w) == 1) and w[0] >= s[0] and w[-1] < s[-1]
     assert at == len(windows)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.integers(0, 2**31))
+def test_next_item_targets_are_each_events_successor_seen_from_its_action_token(lengths, seed):
+    """The next-item loss's positions: one per event that has a successor, at the event's ACTION
+    token (causal: the output there has not seen the successor), the successor's item as target;
+    nothing from padding, the USER or CTX tokens, or across users."""
+    from genrec.data.schema import History
+    from genrec.ensemble.encoder_state import ACTION
+    from genrec.models.ugt_encoder import build_tokens
+    from genrec.train import next_item_targets
+
+    rng = np.random.default_rng(seed)
+    hists = [
+        History(rng.integers(0, 500, n), rng.integers(0, 4, n), np.sort(rng.integers(0, 10**6, n)), rng.integers(0, 3, n)) for n in lengths
+    ]
+    tokens = build_tokens(hists, [0] * len(hists), [0] * len(hists), [10**6] * len(hists))
+    rows, cols, items = next_item_targets(tokens)
+    for r, h in enumerate(hists):
+        mine = rows == r
+        assert int(mine.sum()) == max(len(h) - 1, 0)
+        assert bool((tokens.types[r, cols[mine]] == ACTION).all())
+        assert np.array_equal(items[mine].numpy(), h.item[1:])
+        assert np.array_equal(cols[mine].numpy(), 2 + 2 * np.arange(len(h) - 1))  # event i's ACTION token
