@@ -23,23 +23,9 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_run, tmp_path_factory):
+def calls(tiny_run) -> list[FeedCall]:
     if not has_ad_ctr(tiny_run):
         pytest.fail("the tiny run has no pCTR model (genrec-train writes ad_ctr.json)")
-    repo = tmp_path_factory.mktemp("ad_ctr") / "model_repository"
-    publish_run(tiny_run, repo, progress=lambda m: None)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def server(repository, triton_server):
-    s = triton_server(repository)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def calls(tiny_run) -> list[FeedCall]:
     return feed_calls(tiny_run, N_USERS, n_ads=9)
 
 

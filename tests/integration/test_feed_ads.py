@@ -17,8 +17,7 @@ from genrec.ads.pacing import utc_day
 from genrec.ads.state import AdState
 from genrec.exporters.publish import publish_run, version_numbers
 from genrec.feed.canary import pick_version
-from genrec.runtime.redis_server import RedisServer
-from tests.integration.test_feed_service import _seed
+from tests.integration.feed_stack import feed_env, seed_users
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.grpc")
@@ -27,37 +26,11 @@ USERS = [f"u{i}" for i in range(1, 25)]
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_run, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("feed_ads") / "model_repository"
-    publish_run(tiny_run, repo, progress=lambda m: None)
-    assert (repo / "ad_ctr").is_dir() and (repo / "feed_candidates" / "config.pbtxt").exists()
-    return repo
-
-
-@pytest.fixture(scope="module")
-def triton(repository, triton_server):
-    s = triton_server(repository)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def own_redis():
-    server = RedisServer(maxmemory="64mb").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def service(tiny_run, repository, triton, own_redis, feed_service):
-    _seed(tiny_run, own_redis.url)
+    assert (repository / "ad_ctr").is_dir() and (repository / "feed_candidates" / "config.pbtxt").exists()
+    seed_users(tiny_run, own_redis.url)
     return feed_service(
-        GENREC_FEED__TRITON_GRPC_URL=triton.grpc_url,
-        GENREC_FEED__REDIS_URL=own_redis.url,
-        GENREC_FEED__RUN_DIR=str(tiny_run),
-        GENREC_FEED__MODEL_REPOSITORY=str(repository),
-        GENREC_FEED__TRITON_TIMEOUT_S="3.0",
-        GENREC_FEED__SIGNING_KEY="test-signing-key",
+        **feed_env(tiny_run, repository, triton, own_redis),
         # a low relevance threshold and floor: tiny's pCTRs are small, and every rule is still checked
         GENREC_ADS__MIN_ECPM="0.0001",
         GENREC_ADS__FLOOR_CPC="0.02",

@@ -16,9 +16,8 @@ import redis
 
 from genrec.exporters.publish import publish_run, version_numbers
 from genrec.feed.event_store import ACTIVE_SHARDS, EventStore, active_key
-from genrec.runtime.redis_server import RedisServer
 from genrec.runtime.triton_server import metrics_settle_s, scrape_metrics
-from tests.integration.test_feed_service import _seed
+from tests.integration.feed_stack import feed_env, seed_users
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.grpc")
@@ -28,36 +27,10 @@ WARM_RATE = 5.0  # so the warm-up of 30 users takes ~6 s and the hold can be wat
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_run, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("deploy_warmup") / "model_repository"
-    publish_run(tiny_run, repo, progress=lambda m: None)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def triton(repository, triton_server):
-    s = triton_server(repository)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def own_redis():
-    server = RedisServer(maxmemory="64mb").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def service(tiny_run, repository, triton, own_redis, feed_service):
-    _seed(tiny_run, own_redis.url)
+    seed_users(tiny_run, own_redis.url)
     return feed_service(
-        GENREC_FEED__TRITON_GRPC_URL=triton.grpc_url,
-        GENREC_FEED__REDIS_URL=own_redis.url,
-        GENREC_FEED__RUN_DIR=str(tiny_run),
-        GENREC_FEED__MODEL_REPOSITORY=str(repository),
-        GENREC_FEED__TRITON_TIMEOUT_S="3.0",
-        GENREC_FEED__SIGNING_KEY="test-signing-key",
+        **feed_env(tiny_run, repository, triton, own_redis),
         GENREC_FEED__VERSIONS_REFRESH_S="1",
         GENREC_FEED__WARM_USERS="100",
         GENREC_FEED__WARM_RATE_PER_S=str(WARM_RATE),

@@ -7,72 +7,36 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from genrec.exporters.publish import publish_run
 from genrec.feed.history import unpack
 from genrec.runtime.redis_server import RedisServer
+from tests.integration.feed_stack import SEEDED_USERS, feed_env, seed_users
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("bentoml")
 redis = pytest.importorskip("redis")
-SEEDED_USERS = 40
 TRITON_TIMEOUT_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_run, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("feed") / "model_repository"
-    publish_run(tiny_run, repo, progress=lambda m: None)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def triton(repository, triton_server):
-    s = triton_server(repository)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def own_redis():
-    """A redis-server of this module's own, so the Redis-down test can stop and restart it."""
-    server = RedisServer(maxmemory="64mb").start()
-    yield server
-    server.stop()
-
-
-def _seed(run: Path, url: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "genrec.feed.seed", "--run", str(run), "--redis-url", url, "--users", str(SEEDED_USERS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
-
-
-@pytest.fixture(scope="module")
 def service(tiny_run, repository, triton, own_redis, feed_service):
-    first = _seed(tiny_run, own_redis.url)
+    first = seed_users(tiny_run, own_redis.url)
     assert f"{SEEDED_USERS} written" in first
-    assert f"{SEEDED_USERS} already seeded" in _seed(tiny_run, own_redis.url)  # idempotent re-run
+    assert f"{SEEDED_USERS} already seeded" in seed_users(tiny_run, own_redis.url)  # idempotent re-run
     return feed_service(
-        GENREC_FEED__TRITON_GRPC_URL=triton.grpc_url,
-        GENREC_FEED__REDIS_URL=own_redis.url,
-        GENREC_FEED__RUN_DIR=str(tiny_run),
-        GENREC_FEED__MODEL_REPOSITORY=str(repository),
-        GENREC_FEED__TRITON_TIMEOUT_S=str(TRITON_TIMEOUT_S),
-        GENREC_FEED__SIGNING_KEY="test-signing-key",
-        GENREC_ADS__ENABLED="false",  # the organic feed alone here; ads: tests/integration/test_feed_ads.py
+        **feed_env(
+            tiny_run,
+            repository,
+            triton,
+            own_redis,
+            triton_timeout_s=TRITON_TIMEOUT_S,
+            GENREC_ADS__ENABLED="false",  # the organic feed alone here; ads: tests/integration/test_feed_ads.py
+        )
     )
 
 

@@ -15,7 +15,6 @@ import pytest
 from genrec.client.recommend_client import RecommendClient, RecommendError
 from genrec.data.split import leave_last_out
 from genrec.evaluate import dataset_of
-from genrec.exporters.publish import publish_run
 from genrec.heldout import heldout_requests
 from genrec.reference import ReferencePipeline
 from genrec.runtime.triton_server import metrics_settle_s, scrape_metrics
@@ -24,20 +23,6 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("pymilvus")
 N_USERS = 200
-
-
-@pytest.fixture(scope="module")
-def repository(tiny_run, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("recommend") / "model_repository"
-    publish_run(tiny_run, repo, progress=lambda m: None)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def server(repository, triton_server):
-    s = triton_server(repository)
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,20 +23,6 @@ pytestmark = pytest.mark.integration
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 TOL = 1e-3
-
-
-@pytest.fixture(scope="module")
-def repository(tiny_run, tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("triton") / "model_repository"
-    publish_run(tiny_run, repo, progress=lambda m: None)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def server(repository, triton_server):
-    s = triton_server(repository)
-    yield s
-    s.stop()
 
 
 def _inputs(module, feeds: dict[str, np.ndarray], contract) -> list:
