@@ -29,12 +29,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RedisClients:
-    reads: aioredis.Redis  # one retry on a connection error
-    writes: aioredis.Redis  # never resent by the library
+    # Any, as Redis.from_url returns: redis-py types each command for its sync and asyncio
+    # clients at once (Awaitable[T] | T), which mypy cannot await
+    reads: Any  # one retry on a connection error
+    writes: Any  # never resent by the library
 
     @classmethod
     def open(cls, url: str, timeout_s: float) -> RedisClients:
-        def client(retries: int) -> aioredis.Redis:
+        def client(retries: int) -> Any:
             on_error: list[type[Exception]] = [RedisConnectionError] if retries else []
             return aioredis.Redis.from_url(
                 url,
