@@ -88,8 +88,8 @@ class AdState:
         clicks still find their charged tokens). ``served_cap``: impression records per user."""
         # writes are never resent by the client library (a reply lost after a script ran would
         # apply it twice); a caller's retry is safe where the step is idempotent (click tokens)
-        clients = RedisClients.open(url, timeout_s)
-        self.redis, self.writes = clients.reads, clients.writes
+        self.clients = RedisClients.open(url, timeout_s)
+        self.redis, self.writes = self.clients.reads, self.clients.writes
         self.prefix = prefix
         self.pacing = pacing
         self.ttl_s = ttl_s
@@ -132,8 +132,7 @@ class AdState:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
-        await self.redis.aclose()
-        await self.writes.aclose()
+        await self.clients.close()
 
     @store_call
     async def snapshot(

@@ -606,16 +606,16 @@ def cycle(xs: list) -> Callable[[], Any]:
 
 def measure_prerank(ip: InProcess, inputs: list[StageInputs], repeats: int, floor: float) -> list[dict]:
     """The pipeline's pre-rank stage on the captured requests, and its parts (the dot pre-rank)."""
-    from genrec.ensemble.cascade import merge, prerank_scores, top_k
+    from genrec.ensemble.cascade import gather, prerank_keep, prerank_scores
     from genrec.ensemble.ranking_features import ranking_features
 
     pipe, cat = ip.pipe, ip.pipe.cat
     opts = inputs[0].req.options
     prepared = []
     for x in inputs:
-        c = merge(x.gen, x.ann, x.user, cat.item_vectors, opts.max_candidates)
+        c = gather(x.gen, x.ann, x.user, cat.item_vectors, cat.items, x.req, opts)
         pre = prerank_scores(c, cat.prerank_weight)
-        prepared.append((x.req, c, pre, top_k(pre, opts.prerank_keep)))
+        prepared.append((x.req, c, pre, prerank_keep(c, pre, opts.prerank_keep, opts.follow_keep)))
     nxt, prep = cycle(inputs), cycle(prepared)
 
     def whole() -> None:
@@ -623,11 +623,11 @@ def measure_prerank(ip: InProcess, inputs: list[StageInputs], repeats: int, floo
 
     def merged() -> None:
         x = nxt()
-        merge(x.gen, x.ann, x.user, cat.item_vectors, opts.max_candidates)
+        gather(x.gen, x.ann, x.user, cat.item_vectors, cat.items, x.req, opts)
 
     def scores() -> None:
         _, c, _, _ = prep()
-        top_k(prerank_scores(c, cat.prerank_weight), opts.prerank_keep)
+        prerank_keep(c, prerank_scores(c, cat.prerank_weight), opts.prerank_keep, opts.follow_keep)
 
     def feats() -> None:
         req, c, pre, kept = prep()
@@ -643,7 +643,7 @@ def measure_prerank(ip: InProcess, inputs: list[StageInputs], repeats: int, floo
             None,
             floor,
         ),
-        row("pre-rank", "merge (generated + ANN, dedup, user . item)", repeat(merged, repeats), None, floor),
+        row("pre-rank", "merge (generated + ANN + transitions, dedup, user . item)", repeat(merged, repeats), None, floor),
         row("pre-rank", "dot scores + top-k", repeat(scores, repeats), None, floor),
         row("pre-rank", "ranker features", repeat(feats, repeats), None, floor),
     ]

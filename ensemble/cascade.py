@@ -13,6 +13,7 @@ import numpy as np
 from genrec.ensemble.beam_search import Generated
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
 from genrec.ensemble.request_types import RecommendRequest, RequestOptions
+from genrec.ensemble.transitions import Transitions
 
 NOT_GENERATED_RANK = 10_000  # beam rank given to items that only ANN found
 COLD_START_POPULAR = 100  # popular items added to the candidates when the history is empty
@@ -26,29 +27,50 @@ class Candidates:
     in_gen: np.ndarray  # (n,) bool
     ann_sim: np.ndarray  # (n,) float64, exact user . item for every candidate
     in_ann: np.ndarray  # (n,) bool
+    in_follow: np.ndarray  # (n,) bool, found by the transitions source
+    follow_score: np.ndarray  # (n,) float64, the history's transition votes for every candidate (0: none)
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
     def take(self, idx: np.ndarray) -> Candidates:
         return Candidates(
-            self.items[idx], self.gen_logprob[idx], self.beam_rank[idx], self.in_gen[idx], self.ann_sim[idx], self.in_ann[idx]
+            self.items[idx],
+            self.gen_logprob[idx],
+            self.beam_rank[idx],
+            self.in_gen[idx],
+            self.ann_sim[idx],
+            self.in_ann[idx],
+            self.in_follow[idx],
+            self.follow_score[idx],
         )
 
 
-def merge(gen: Generated, ann_items: np.ndarray, user_vec: np.ndarray, item_vecs: np.ndarray, max_candidates: int) -> Candidates:
-    """Union of generated and ANN items, deduplicated, capped at ``max_candidates``.
+def merge(
+    gen: Generated,
+    ann_items: np.ndarray,
+    user_vec: np.ndarray,
+    item_vecs: np.ndarray,
+    max_candidates: int,
+    follow_items: np.ndarray | None = None,
+    transitions: Transitions | None = None,
+    history_items: np.ndarray | None = None,
+) -> Candidates:
+    """Union of ANN, transition and generated items, deduplicated, capped at ``max_candidates``.
 
-    All ANN items are kept; generated-only items fill the rest by log-probability. Items only ANN
-    found get a generation log-prob one nat below the lowest generated one (they were outside
-    the beams); every candidate gets its exact similarity to the user vector.
+    All ANN items are kept, then the transition source's (``follow_items``, best first), then
+    generated-only items fill the rest by log-probability. Items outside the beams get a
+    generation log-prob one nat below the lowest generated one; every candidate gets its exact
+    similarity to the user vector and (with ``transitions``) its transition votes from the history.
     """
-    ann_items = np.asarray(ann_items, dtype=np.int64)
-    gen_only = ~np.isin(gen.items, ann_items)
-    room = max(0, max_candidates - ann_items.size)
+    ann_items = np.asarray(ann_items, dtype=np.int64)[:max_candidates]
+    follow_items = np.zeros(0, np.int64) if follow_items is None else np.asarray(follow_items, dtype=np.int64)
+    follow_only = follow_items[~np.isin(follow_items, ann_items)][: max(0, max_candidates - ann_items.size)]
+    found = np.concatenate([ann_items, follow_only])
+    gen_only = ~np.isin(gen.items, found)
+    room = max(0, max_candidates - found.size)
     order = np.argsort(-gen.logprob[gen_only], kind="stable")[:room]
-    g_items = gen.items[gen_only][order]
-    items = np.concatenate([ann_items[:max_candidates], g_items])
+    items = np.concatenate([found, gen.items[gen_only][order]])
     lp = np.full(items.size, np.nan)
     rank = np.full(items.size, NOT_GENERATED_RANK, dtype=np.int64)
     sorter = np.argsort(items, kind="stable")
@@ -60,8 +82,16 @@ def merge(gen: Generated, ann_items: np.ndarray, user_vec: np.ndarray, item_vecs
     lp = np.where(in_gen, lp, floor)
     sim = item_vecs[items] @ user_vec
     in_ann = np.zeros(items.size, dtype=bool)
-    in_ann[: min(ann_items.size, max_candidates)] = True
-    return Candidates(items, lp, rank, in_gen, sim.astype(np.float64), in_ann)
+    in_ann[: ann_items.size] = True
+    in_follow = np.isin(items, follow_items)
+    votes = np.zeros(items.size) if transitions is None or history_items is None else transitions.scores(history_items, items)
+    return Candidates(items, lp, rank, in_gen, sim.astype(np.float64), in_ann, in_follow, votes)
+
+
+def follows_only(c: Candidates, k: int) -> np.ndarray:
+    """The transitions source alone (evaluation's row): its candidates by votes, best first."""
+    mine = np.flatnonzero(c.in_follow)
+    return c.items[mine[np.argsort(-c.follow_score[mine], kind="stable")][:k]]
 
 
 def prerank_scores(c: Candidates, sim_weight: float) -> np.ndarray:
@@ -104,6 +134,19 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:k]
 
 
+def prerank_keep(c: Candidates, scores: np.ndarray, keep: int, follow_keep: int) -> np.ndarray:
+    """The pre-rank's kept candidates (indices, best first): up to ``follow_keep`` slots for the
+    transition votes (the candidates with the most, if any), the rest by pre-rank score. A quota,
+    not a weight: the votes and the pre-rank scores are on scales that a sum would have to tune."""
+    voted = np.flatnonzero(c.follow_score > 0)
+    reserved = voted[np.argsort(-c.follow_score[voted], kind="stable")[: min(follow_keep, keep)]]
+    rest = np.ones(len(c), dtype=bool)
+    rest[reserved] = False
+    others = np.flatnonzero(rest)
+    kept = np.concatenate([reserved, others[top_k(scores[others], keep - reserved.size)]])
+    return kept[np.argsort(-scores[kept], kind="stable")]  # one order, by pre-rank score
+
+
 @dataclass
 class CascadeTrace:
     """Intermediate results of one request (for evaluation, ranker training and metrics)."""
@@ -113,6 +156,22 @@ class CascadeTrace:
     prerank: np.ndarray  # pre-rank score of every candidate
     kept: np.ndarray  # indices into candidates, best first (the 100)
     features: np.ndarray  # ranker features of the kept candidates
+
+
+def gather(
+    gen: Generated,
+    ann_items: np.ndarray,
+    user_vec: np.ndarray,
+    item_vectors: np.ndarray,
+    items: ItemTable,
+    req: RecommendRequest,
+    opts: RequestOptions,
+) -> Candidates:
+    """The request's candidates from its three sources: ANN, the transitions from its latest
+    events (minus its excluded items) and generation (``merge``)."""
+    follows = items.transitions
+    follow_items = follows.followers(req.history.item, req.excluded, opts.follow_candidates)
+    return merge(gen, ann_items, user_vec, item_vectors, opts.max_candidates, follow_items, follows, req.history.item)
 
 
 def popular_order(items: ItemTable) -> np.ndarray:
@@ -140,8 +199,8 @@ def cascade(
         if req.excluded is not None:
             pop = pop[~np.isin(pop, req.excluded)]
         ann_items = np.concatenate([ann_items, pop[~np.isin(pop, ann_items)][:COLD_START_POPULAR]])
-    cands = merge(gen, ann_items, user_vec, item_vectors, opts.max_candidates)
+    cands = gather(gen, ann_items, user_vec, item_vectors, items, req, opts)
     pre = prerank_scores(cands, prerank_weight) if prerank is None or len(cands) == 0 else prerank(cands)
-    kept = top_k(pre, opts.prerank_keep)
+    kept = prerank_keep(cands, pre, opts.prerank_keep, opts.follow_keep)
     feats = ranking_features(cands.take(kept), pre[kept], items, req.history.item, req.history.timestamp, float(req.request_time()))
     return CascadeTrace(gen, cands, pre, kept, feats)

@@ -63,11 +63,7 @@ class Catalogue:
             codes=self.codes,
             codebook_sizes=np.asarray(self.codebook_sizes),
             item_vectors=self.item_vectors,
-            category=t.category,
-            author=t.author,
-            kind=t.kind,
-            log_popularity=t.log_popularity,
-            n_categories=t.n_categories,
+            **t.arrays(),
             prerank_weight=self.prerank_weight,
             n_segments=self.n_segments,
             n_devices=self.n_devices,
@@ -77,7 +73,7 @@ class Catalogue:
     @classmethod
     def load(cls, directory: Path) -> Catalogue:
         z = np.load(Path(directory) / FILE_NAME)
-        items = ItemTable(z["category"], z["author"], z["kind"], z["log_popularity"], int(z["n_categories"]))
+        items = ItemTable.from_arrays(z)
         sizes = tuple(int(k) for k in z["codebook_sizes"])
         return cls(
             z["codes"],

@@ -3,10 +3,13 @@ by the reference pipeline and by the Triton model, so the three cannot drift."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from genrec.ensemble.transitions import Transitions
 
 if TYPE_CHECKING:
     from genrec.ensemble.cascade import Candidates
@@ -26,6 +29,8 @@ FEATURE_NAMES = (
     "kind",
     "seen_before",
     "prerank_score",
+    "follow_score",
+    "in_follow",
 )
 N_FEATURES = len(FEATURE_NAMES)
 AFFINITY_WINDOW = 50  # the latest events that define a user's category/author affinity
@@ -41,6 +46,27 @@ class ItemTable:
     kind: np.ndarray  # (n,) int
     log_popularity: np.ndarray  # (n,) float, log1p(training interactions)
     n_categories: int
+    follows: Transitions | None = None  # item-to-item transitions (None: a table without them)
+
+    @property
+    def transitions(self) -> Transitions:
+        return self.follows if self.follows is not None else Transitions.empty(int(self.category.shape[0]))
+
+    def arrays(self) -> dict[str, Any]:
+        """The columns saved in ``item_table.npz`` and the catalogue (``from_arrays`` reads them)."""
+        cols = {
+            "category": self.category,
+            "author": self.author,
+            "kind": self.kind,
+            "log_popularity": self.log_popularity,
+            "n_categories": self.n_categories,
+        }
+        return {**cols, **self.transitions.arrays()}
+
+    @classmethod
+    def from_arrays(cls, z: Mapping[str, Any]) -> ItemTable:
+        n = int(z["category"].shape[0])
+        return cls(z["category"], z["author"], z["kind"], z["log_popularity"], int(z["n_categories"]), Transitions.from_arrays(z, n))
 
 
 def ranking_features(
@@ -82,5 +108,7 @@ def ranking_features(
             items.kind[c.items],
             seen,
             prerank,
+            c.follow_score,
+            c.in_follow,
         ]
     ).astype(np.float32)

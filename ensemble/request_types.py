@@ -20,6 +20,8 @@ class RequestOptions:
     max_candidates: int
     prerank_keep: int
     final_k: int
+    follow_candidates: int = 0  # candidates from the transitions source (genrec.ensemble.transitions)
+    follow_keep: int = 0  # pre-rank slots reserved for the candidates with the most transition votes
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ def validate_options(
     k = cfg.final_k if final_k is None else _option_ints("top_k", final_k)[0]
     if not 1 <= k <= cfg.prerank_keep:
         raise InvalidValueError("top_k", f"expected [1, {cfg.prerank_keep}], got {k}")
-    return RequestOptions((widths[0], widths[1], widths[2]), ann, cands, cfg.prerank_keep, k)
+    return RequestOptions((widths[0], widths[1], widths[2]), ann, cands, cfg.prerank_keep, k, cfg.follow_candidates, cfg.follow_keep)
 
 
 def validate_request(

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from genrec.contracts import TARGET_PRERANK, pinnable_contracts
@@ -21,7 +21,7 @@ from genrec.ensemble.encoder_cache import EncoderCache
 from genrec.ensemble.onnx_decoder import Runner
 from genrec.ensemble.retrieval import AnnIndex, ExactIndex, FailSoftIndex
 from genrec.ensemble.serving_pipeline import ServingPipeline, StateCache
-from genrec.settings import AnnBackend, Config, Execution, ServingConfig, StateStore, config_from_dict, env_overrides, with_overrides
+from genrec.settings import AnnBackend, Config, Execution, StateStore, config_from_dict, deployed, env_overrides, with_overrides
 
 SERVING_FILE = "serving.json"
 
@@ -54,10 +54,10 @@ def write_serving_file(version_dir: Path, cfg: Config, pinned: Mapping[str, int]
 
 def load_setup(version_dir: Path, environ: Mapping[str, str] | None = None, repository: Path | None = None) -> ServingSetup:
     d = json.loads((Path(version_dir) / SERVING_FILE).read_text())
-    # the serving section is this deployment's (defaults + GENREC_SERVING__* now), never the one
-    # saved with the training run: an old run must not bring back an old default
-    saved = replace(config_from_dict(d["config"]), serving=ServingConfig())
-    cfg = with_overrides(saved, env_overrides(environ))  # GENREC_SERVING__* etc., modes checked there
+    # the serving section is this deployment's (settings.deployed), the other sections the
+    # run's, with this environment's overrides (GENREC_PIPELINE__* etc., modes checked there)
+    others = {k: v for k, v in env_overrides(environ).items() if not k.startswith("serving.")}
+    cfg = with_overrides(deployed(config_from_dict(d["config"]), environ), others)
     return ServingSetup(cfg, {k: int(v) for k, v in d["pinned_versions"].items()}, Path(version_dir), repository)
 
 

@@ -59,8 +59,8 @@ class EventStore:
     ) -> None:
         # reads retry once on a broken connection; writes are never resent (a lost reply after
         # the script ran would apply the batch twice): the caller retries with its Idempotency-Key
-        clients = RedisClients.open(url, timeout_s)
-        self.redis, self.writes = clients.reads, clients.writes
+        self.clients = RedisClients.open(url, timeout_s)
+        self.redis, self.writes = self.clients.reads, self.clients.writes
         self.history_cap = history_cap
         self.impression_cap = impression_cap
         self.relation_cap = relation_cap
@@ -80,8 +80,7 @@ class EventStore:
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self.flush_active()
-        await self.redis.aclose()
-        await self.writes.aclose()
+        await self.clients.close()
 
     @store_call
     async def recorded_batch(self, user_id: str, idempotency_key: str, body_hash: str) -> BatchResult | None:

@@ -7,7 +7,7 @@ Layout of ``artifacts/runs/<config>-<NNN>/``::
     metrics.json         semantic-ID report, training losses, evaluation (when run)
     item_features.npy    RQ-VAE input (content + collaborative)
     semantic_ids.npz     codes (n, 3) and disambiguation index (n,)
-    item_table.npz       category, author, kind, log popularity
+    item_table.npz       category, author, kind, log popularity, item-to-item transitions
     rqvae.pt encoder.pt decoder.pt sasrec.pt ranker.txt
     pipeline.json        fitted pre-rank weight
     target_prerank.{pt,json}  the target-aware pre-ranker (absent in runs trained before it)
@@ -87,7 +87,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     s = np.load(path / "semantic_ids.npz")
     sem = SemanticIds(s["codes"], s["disambiguation"], codebook_triple(s["codebook_sizes"]))
     t = np.load(path / "item_table.npz")
-    items = ItemTable(t["category"], t["author"], t["kind"], t["log_popularity"], int(t["n_categories"]))
+    items = ItemTable.from_arrays(t)
     enc, dec = build_models(cfg, feats, sem, manifest["n_segments"], manifest["n_devices"])
     enc.load_state_dict(torch.load(path / "encoder.pt", weights_only=True))
     dec.load_state_dict(torch.load(path / "decoder.pt", weights_only=True))

@@ -5,7 +5,8 @@
     genrec-evaluate --movielens path/to/u.data --config tiny   # trains on that file, then evaluates
     genrec-evaluate --data realistic --exclude-seen          # latest run on the rating-shaped preset
 
-Methods: popularity, SASRec, ANN only, generation only, the full cascade (compression as
+Methods: popularity, SASRec, ANN only, generation only, transitions only (the items that
+followed the user's latest events in training traffic), the full cascade (compression as
 configured, on by default) and the cascade with history compression on and off. The table is
 printed and written to ``bench/results/quality.json`` (``quality_realistic.json`` for a run on
 the realistic preset; ``--out`` to change). ``--exclude-seen`` (default on for MovieLens-format
@@ -30,7 +31,7 @@ from genrec.batching import event_tokens, token_batches
 from genrec.bundle import ModelBundle, load_bundle
 from genrec.data.schema import Dataset
 from genrec.data.split import leave_last_out
-from genrec.ensemble.cascade import CascadeTrace
+from genrec.ensemble.cascade import CascadeTrace, follows_only
 from genrec.heldout import heldout_requests
 from genrec.models.sasrec import left_pad
 from genrec.reference import ReferencePipeline
@@ -64,18 +65,20 @@ def default_exclude_seen(bundle: ModelBundle) -> bool:
 
 
 STAGES = ("candidates", "prerank", "final")
+SOURCES = ("all", "generation", "ann", "transitions")
 
 
 def stage_hits(tr: CascadeTrace, final: np.ndarray, target: int) -> np.ndarray:
-    """(stage, [any, generation, ANN]) indicators of where one request's target still is: among
-    the merged candidates (~1000), the pre-rank's kept ones (100), the final list (10), and
-    which source found it (generation: in the beams; ANN: among the user's neighbours)."""
-    out = np.zeros((len(STAGES), 3))
+    """(stage, [any, generation, ANN, transitions]) indicators of where one request's target
+    still is: among the merged candidates (~1000), the pre-rank's kept ones (100), the final list
+    (10), and which source found it (generation: in the beams; ANN: among the user's neighbours;
+    transitions: among the items that followed the user's latest events)."""
+    out = np.zeros((len(STAGES), len(SOURCES)))
     c = tr.candidates
     at = np.flatnonzero(c.items == target)
     if at.size:
         i = int(at[0])
-        row = (1.0, float(c.in_gen[i]), float(c.in_ann[i]))
+        row = (1.0, float(c.in_gen[i]), float(c.in_ann[i]), float(c.in_follow[i]))
         out[0] = row
         if np.any(tr.kept == i):
             out[1] = row
@@ -86,8 +89,8 @@ def stage_hits(tr: CascadeTrace, final: np.ndarray, target: int) -> np.ndarray:
 
 def stage_shares(hits: np.ndarray, mean_candidates: float) -> dict[str, dict[str, float]]:
     """Shares of targets per stage and source from stacked ``stage_hits`` (users, stage, source)."""
-    m = hits.mean(axis=0) if len(hits) else np.zeros((len(STAGES), 3))
-    out = {s: {k: round(float(m[n, c]), 4) for c, k in enumerate(("all", "generation", "ann"))} for n, s in enumerate(STAGES)}
+    m = hits.mean(axis=0) if len(hits) else np.zeros((len(STAGES), len(SOURCES)))
+    out = {s: {k: round(float(m[n, c]), 4) for c, k in enumerate(SOURCES)} for n, s in enumerate(STAGES)}
     out["candidates"]["mean_count"] = round(mean_candidates, 1)
     return out
 
@@ -155,8 +158,8 @@ def evaluate(
     for compression in (default_on, not default_on) if compression_off else (default_on,):
         pipe = ReferencePipeline(bundle, compression=compression, prerank=prerank)
         t0 = time.perf_counter()
-        ann, gen, cascade = ([np.zeros(0)] * len(reqs) for _ in range(3))
-        hits = np.zeros((len(reqs), len(STAGES), 3))
+        ann, gen, follows, cascade = ([np.zeros(0)] * len(reqs) for _ in range(4))
+        hits = np.zeros((len(reqs), len(STAGES), len(SOURCES)))
         n_candidates = 0
         done = 0
         for bi, idx in enumerate(batches):
@@ -165,6 +168,7 @@ def evaluate(
                 cascade[j] = pipe.rank(tr, K)[0]
                 c = tr.candidates
                 ann[j] = c.items[c.in_ann][:K]  # the ANN neighbours, best first, minus excluded items
+                follows[j] = follows_only(c, K)
                 g = tr.generated
                 gen[j] = g.items[np.lexsort((-bundle.items.log_popularity[g.items], -g.logprob))][:K]
                 hits[j] = stage_hits(tr, cascade[j], int(targets[j]))
@@ -177,6 +181,7 @@ def evaluate(
         if compression == default_on:
             add("ann_only", ann, seconds)
             add("generation_only", gen, seconds)
+            add("transitions_only", follows, seconds)
             add("cascade", cascade, seconds)
             shares = stage_shares(hits, n_candidates / max(len(reqs), 1))
         add(f"cascade_compression_{label}", cascade, seconds)
@@ -215,8 +220,15 @@ def format_table(result: dict) -> str:
     if shares:
         n = shares["candidates"].get("mean_count", 0)
         names = {"candidates": f"candidates (~{n:.0f})", "prerank": "after pre-rank (100)", "final": "final (10)"}
-        lines += ["", "| cascade: targets kept at | all | found by generation | found by ANN |", "|---|---|---|---|"]
-        lines += [f"| {names[s]} | {shares[s]['all']:.4f} | {shares[s]['generation']:.4f} | {shares[s]['ann']:.4f} |" for s in STAGES]
+        lines += [
+            "",
+            "| cascade: targets kept at | all | found by generation | found by ANN | found by transitions |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {names[s]} | {shares[s]['all']:.4f} | {shares[s]['generation']:.4f} | {shares[s]['ann']:.4f} | {shares[s].get('transitions', 0.0):.4f} |"
+            for s in STAGES
+        ]
     return "\n".join(lines)
 
 

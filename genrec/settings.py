@@ -132,6 +132,11 @@ class TrainConfig:
     prerank_lr: float = 5e-3
     prerank_batch_users: int = 64
     prerank_random_negatives: int = 32  # per list, besides the target and the dot pre-rank's best prerank_keep
+    # item-to-item transitions (genrec.ensemble.transitions), counted on training events: pairs of
+    # one user's events at most follow_window apart (ties in time come in no order), follow_top
+    # followers kept per item (the table's size: n_items x follow_top at most)
+    follow_window: int = 4
+    follow_top: int = 20
 
 
 @dataclass(frozen=True)
@@ -155,8 +160,17 @@ class PipelineConfig:
     dense_max_events: int = 256
     prerank: str = "dot"  # one of PRERANKERS; a version without the target_prerank graph serves "dot"
     prerank_microbatch: int = 256  # candidates per target_prerank call (each sees the history, not the others)
+    # the transitions source (genrec.ensemble.transitions): items that followed the user's latest
+    # events in training traffic join the candidates (at most follow_candidates, within
+    # max_candidates), and the follow_keep with the most votes are sure of a pre-rank slot
+    follow_candidates: int = 100
+    follow_keep: int = 20
 
     def __post_init__(self) -> None:
+        if not 0 <= self.follow_keep <= self.prerank_keep or self.follow_candidates < 0:
+            raise ValueError(
+                f"pipeline.follow_keep={self.follow_keep}, follow_candidates={self.follow_candidates}: expected 0 <= follow_keep <= prerank_keep and follow_candidates >= 0"
+            )
         if self.prerank not in PRERANKERS:
             raise ValueError(f"pipeline.prerank={self.prerank!r}: expected one of {', '.join(map(repr, PRERANKERS))}")
         if self.prerank_microbatch < 1:

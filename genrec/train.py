@@ -29,12 +29,13 @@ from genrec.artifacts import DEFAULT_ROOT, machine, new_run, now_iso, versions, 
 from genrec.batching import chunk_by_tokens, event_tokens
 from genrec.bundle import ModelBundle, build_models, sasrec_for
 from genrec.data.movielens import load_movielens
-from genrec.data.schema import Dataset
+from genrec.data.schema import Dataset, Events
 from genrec.data.split import Split, leave_last_out
 from genrec.data.synthetic import generate
-from genrec.ensemble.cascade import prerank_features, prerank_scores, top_k
+from genrec.ensemble.cascade import follows_only, prerank_features, prerank_keep, prerank_scores, top_k
 from genrec.ensemble.encoder_state import ACTION, ITEM
 from genrec.ensemble.ranking_features import ItemTable, ranking_features
+from genrec.ensemble.transitions import Transitions
 from genrec.heldout import heldout_requests, history_slice
 from genrec.item_features import item_feature_matrix
 from genrec.models.moe_decoder import MoEDecoder
@@ -332,10 +333,13 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exc
             memories.append((enc.memory[row][seen].numpy(), enc.memory_logw[row][seen].numpy()))
         if (i // 32) % 10 == 0:
             log(f"  cascade traces {min(i + 32, len(reqs))}/{len(reqs)}")
-    keep = cfg.pipeline.prerank_keep
+    keep, follow_keep = cfg.pipeline.prerank_keep, cfg.pipeline.follow_keep
     recall = {}
     for w in PRERANK_WEIGHT_GRID:
-        hits = [t in tr.candidates.items[top_k(prerank_scores(tr.candidates, w), keep)] for tr, t in zip(traces, targets)]
+        hits = [
+            t in tr.candidates.items[prerank_keep(tr.candidates, prerank_scores(tr.candidates, w), keep, follow_keep)]
+            for tr, t in zip(traces, targets)
+        ]
         recall[w] = float(np.mean(hits))
     best = max(PRERANK_WEIGHT_GRID, key=lambda w: (recall[w], -w))
     bundle.prerank_weight = best
@@ -351,7 +355,7 @@ def fit_cascade(bundle: ModelBundle, ds: Dataset, split: Split, cfg: Config, exc
     pres = target_scores if target_scores is not None else [prerank_scores(tr.candidates, best) for tr in traces]
     feats, labels = [], []
     for tr, req, t, pre in zip(traces, reqs, targets, pres):
-        kept = top_k(pre, keep)
+        kept = prerank_keep(tr.candidates, pre, keep, follow_keep)
         c = tr.candidates.take(kept)
         feats.append(ranking_features(c, pre[kept], bundle.items, req.history.item, req.history.timestamp, float(req.request_time())))
         labels.append(c.items == t)
@@ -420,21 +424,22 @@ def ranker_check(
         return {}
     fit, held = slice(0, len(traces) - n_check), slice(len(traces) - n_check, len(traces))
     ranker = train_ranker(feats[fit], labels[fit], cfg.train.ranker_rounds, cfg.train.seed, cfg.train.threads)
-    hits = {"ranker": 0, "prerank": 0, "ann_only": 0, "generation_only": 0}
+    hits = {"ranker": 0, "prerank": 0, "ann_only": 0, "generation_only": 0, "transitions_only": 0}
     for tr, f, t, pre in zip(traces[held], feats[held], targets[held], pres[held]):
         c, g = tr.candidates, tr.generated
-        kept = top_k(pre, cfg.pipeline.prerank_keep)  # the rows of f
+        kept = prerank_keep(c, pre, cfg.pipeline.prerank_keep, cfg.pipeline.follow_keep)  # the rows of f
         ranked = {
             "ranker": c.items[kept[top_k(np.asarray(ranker.predict(f, num_threads=1)), 10)]] if len(f) else c.items[:0],
             "prerank": c.items[kept[:10]],
             "ann_only": c.items[c.in_ann][:10],
             "generation_only": g.items[np.lexsort((-bundle.items.log_popularity[g.items], -g.logprob))][:10],
+            "transitions_only": follows_only(c, 10),
         }
         for k, r in ranked.items():
             hits[k] += int(t in r)
     out: dict = {k: round(v / n_check, 4) for k, v in hits.items()}
     out["users"] = n_check
-    best_source = max(out["ann_only"], out["generation_only"])
+    best_source = max(out["ann_only"], out["generation_only"], out["transitions_only"])
     if out["ranker"] < best_source:
         log(f"  WARNING: the ranker's held-out recall@10 {out['ranker']:.3f} is below its best single source ({best_source:.3f})")
     log("  ranker check on held-out validation users (recall@10): " + ", ".join(f"{k} {v}" for k, v in out.items()))
@@ -454,6 +459,22 @@ def train(
         return _train(cfg, movielens, root, skip_sasrec, movielens is not None if exclude_seen is None else exclude_seen)
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+def item_table(ds: Dataset, train_events: Events, cfg: Config) -> ItemTable:
+    """The per-item side data the cascade needs, from training events only (popularity and
+    transitions never see a validation or test target)."""
+    n = ds.item_metadata.n_items
+    counts = np.bincount(train_events.item, minlength=n)
+    tc = cfg.train
+    return ItemTable(
+        ds.item_metadata.category.astype(np.int64),
+        ds.item_metadata.author.astype(np.int64),
+        ds.item_metadata.kind.astype(np.int64),
+        np.log1p(counts).astype(np.float64),
+        ds.item_metadata.n_categories,
+        Transitions.count(train_events.item, train_events.user, n, tc.follow_window, tc.follow_top),
+    )
 
 
 def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, exclude_seen: bool) -> Path:
@@ -501,14 +522,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
         sasrec, sasrec_loss, sasrec_stopping = train_sasrec(ds, split, cfg, exclude_seen)
         timed("sasrec", t0)
 
-    counts = np.bincount(train_events.item, minlength=ds.item_metadata.n_items)
-    items = ItemTable(
-        ds.item_metadata.category.astype(np.int64),
-        ds.item_metadata.author.astype(np.int64),
-        ds.item_metadata.kind.astype(np.int64),
-        np.log1p(counts).astype(np.float64),
-        ds.item_metadata.n_categories,
-    )
+    items = item_table(ds, train_events, cfg)
     manifest: dict[str, object] = {
         "config": cfg.name,
         "dataset": ds.name,
@@ -559,11 +573,7 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
         np.savez(d / "semantic_ids.npz", codes=sem.codes, disambiguation=sem.disambiguation, codebook_sizes=np.array(sem.codebook_sizes))
         np.savez(
             d / "item_table.npz",
-            category=items.category,
-            author=items.author,
-            kind=items.kind,
-            log_popularity=items.log_popularity,
-            n_categories=items.n_categories,
+            **items.arrays(),
             # ad columns (-1 / NaN on non-ad rows): the feed loads its ad inventory from here
             # (genrec.ads.inventory.AdInventory.from_item_table)
             advertiser=ds.item_metadata.advertiser,
@@ -600,7 +610,16 @@ def _train(cfg: Config, movielens: str | None, root: Path, skip_sasrec: bool, ex
     return run.final
 
 
-REFIT_REPLACED = ("config.json", "pipeline.json", "ranker.txt", "metrics.json", "manifest.json", "target_prerank.pt", "target_prerank.json")
+REFIT_REPLACED = (
+    "config.json",
+    "pipeline.json",
+    "item_table.npz",
+    "ranker.txt",
+    "metrics.json",
+    "manifest.json",
+    "target_prerank.pt",
+    "target_prerank.json",
+)
 
 
 def refit_cascade(run: Path, overrides: dict[str, str], root: Path | None = None, exclude_seen: bool | None = None) -> Path:
@@ -626,13 +645,15 @@ def refit_cascade(run: Path, overrides: dict[str, str], root: Path | None = None
     ds = load_dataset(cfg, m.get("movielens_path"))
     if ds.content_hash() != m["data_hash"]:
         raise RuntimeError(f"data hash {ds.content_hash()} differs from the run's {m['data_hash']}: the data changed since training")
+    split = leave_last_out(ds.events)
+    bundle.items = item_table(ds, split.train_events(ds.events), cfg)  # transitions under this config
     torch.set_num_threads(cfg.train.threads)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         t0 = time.perf_counter()
         log(f"[cascade] refit of {run} with " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-        report = fit_cascade(bundle, ds, leave_last_out(ds.events), cfg, exclude_seen)
+        report = fit_cascade(bundle, ds, split, cfg, exclude_seen)
         seconds = round(time.perf_counter() - t0, 2)
     finally:
         torch.use_deterministic_algorithms(was)
@@ -643,6 +664,8 @@ def refit_cascade(run: Path, overrides: dict[str, str], root: Path | None = None
                 shutil.copy2(f, d / f.name)
         write_json(d / "config.json", cfg.to_dict())
         write_json(d / "pipeline.json", {"prerank_weight": bundle.prerank_weight})
+        with np.load(run / "item_table.npz") as saved:  # the ad columns stay as they were
+            np.savez(d / "item_table.npz", **{**dict(saved), **bundle.items.arrays()})
         assert bundle.ranker is not None and bundle.target_prerank is not None
         bundle.ranker.save_model(str(d / "ranker.txt"))
         save_target_prerank(bundle.target_prerank, d)

@@ -146,8 +146,9 @@ class TritonServer:
         self.backend_dir = backend_dir
         self.extra_env = dict(env or {})  # e.g. GENREC_SERVING__* for the recommend model
         self.proc: subprocess.Popen | None = None
-        self.restart_failed = False  # a restart could not start the server: the launcher exits non-zero
-        self.gave_up = False  # the watchdog's restart budget was spent: the launcher exits non-zero
+        # set when the launcher must exit non-zero: "restart_failed" (a restart could not start
+        # the server) or "restart_budget_spent" (the watchdog stopped it past the restart budget)
+        self.exit_reason: str | None = None
 
     @classmethod
     def on_free_ports(
@@ -260,19 +261,19 @@ class TritonServer:
 
     def restart(self, timeout: float = 300.0) -> None:
         """Stop and start again on the same ports (the watchdog's last resort, the launcher's
-        answer to a crash). A failed start sets ``restart_failed``: the launcher then exits."""
+        answer to a crash). A failed start sets ``exit_reason``: the launcher then exits."""
         with self.lock:
             self.stop()
             try:
                 self.start(timeout)
             except BaseException:
-                self.restart_failed = True
+                self.exit_reason = "restart_failed"
                 raise
 
     def give_up(self) -> None:
         """Stop for good (the watchdog would restart past its budget): the launcher exits non-zero."""
         with self.lock:
-            self.gave_up = True
+            self.exit_reason = "restart_budget_spent"
             self.stop()
 
     def __enter__(self) -> TritonServer:
@@ -364,9 +365,8 @@ def supervise(server: TritonServer, budget: RestartBudget | None = None, log=Non
         assert proc is not None
         code = proc.wait()
         with server.lock:  # a restart in progress holds it until the new process is up (or failed)
-            if server.restart_failed or server.gave_up:  # the watchdog could not, or may not, restart it
-                reason = "restart_failed" if server.restart_failed else "restart_budget_spent"
-                log("server_exited", code=code, action="exit", reason=reason, restarts=budget.used)
+            if server.exit_reason is not None:  # the watchdog could not, or may not, restart it
+                log("server_exited", code=code, action="exit", reason=server.exit_reason, restarts=budget.used)
                 return code or 1
             if server.proc is not proc:
                 continue  # the watchdog restarted it

@@ -23,17 +23,11 @@ def repository(request: pytest.FixtureRequest, tiny_run: Path, tmp_path_factory:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, triton_server: Callable[..., TritonServer]) -> Iterator[TritonServer]:
+def triton(repository: Path, triton_server: Callable[..., TritonServer]) -> Iterator[TritonServer]:
     """Triton on this module's repository."""
     s = triton_server(repository)
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def triton(server: TritonServer) -> TritonServer:
-    """The same server, under the name the feed modules use beside ``own_redis``."""
-    return server
 
 
 @pytest.fixture(scope="module")

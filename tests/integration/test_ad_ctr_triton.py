@@ -30,8 +30,8 @@ def calls(tiny_run) -> list[FeedCall]:
 
 
 @pytest.fixture
-def client(server):
-    return grpc.InferenceServerClient(server.grpc_url)
+def client(triton):
+    return grpc.InferenceServerClient(triton.grpc_url)
 
 
 def _ad_ctr(client, user: np.ndarray, ads: np.ndarray):
@@ -104,7 +104,7 @@ def _answering_version(client, d_user: int, rows: np.ndarray) -> int:
 
 
 def test_a_broken_pctr_version_leaves_the_previous_one_serving_and_rollback_works(
-    client, server, repository, calls, tiny_bundle, tmp_path, monkeypatch
+    client, triton, repository, calls, tiny_bundle, tmp_path, monkeypatch
 ):
     import genrec.exporters.publish as pub
     from genrec.contracts import ad_ctr_contract
@@ -119,27 +119,27 @@ def test_a_broken_pctr_version_leaves_the_previous_one_serving_and_rollback_work
     corrupt = tmp_path / "model.onnx"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(PublishError, match="does not load"):  # the local gate
-        publish_file(repository, c, corrupt, {}, server.http_url)
+        publish_file(repository, c, corrupt, {}, triton.http_url)
     # past the local gate (as if onnxruntime here accepted it), Triton refuses it: retired, reloaded
     monkeypatch.setattr(pub, "smoke_check", lambda path, contract: None)
     with pytest.raises(PublishError, match="refused to load"):
-        publish_file(repository, c, corrupt, {}, server.http_url)
+        publish_file(repository, c, corrupt, {}, triton.http_url)
     monkeypatch.undo()
     assert version_numbers(repository / "ad_ctr") == before
     np.testing.assert_allclose(via_ensemble(client, calls[1])[2], want, atol=ATOL)  # the ensemble still answers
     # a good new version serves, and genrec-rollback's path brings the previous one back
-    new = publish_file(repository, c, good, {}, server.http_url)
+    new = publish_file(repository, c, good, {}, triton.http_url)
     assert new.version == before[-1] + 1 and _answering_version(client, d, rows) == new.version
     np.testing.assert_allclose(via_ensemble(client, calls[1])[2], want, atol=ATOL)
-    assert rollback(repository, "ad_ctr", server.http_url) == before[-1]
+    assert rollback(repository, "ad_ctr", triton.http_url) == before[-1]
     assert version_numbers(repository / "ad_ctr") == before and _answering_version(client, d, rows) == before[-1]
     np.testing.assert_allclose(via_ensemble(client, calls[1])[2], want, atol=ATOL)
 
 
-def test_publishing_into_the_running_server_moves_ad_ctr_recommend_and_the_ensemble_together(client, server, repository, tiny_run, calls):
+def test_publishing_into_the_running_server_moves_ad_ctr_recommend_and_the_ensemble_together(client, triton, repository, tiny_run, calls):
     want = via_ensemble(client, calls[2])
     before = {m: version_numbers(repository / m)[-1] for m in ("ad_ctr", "recommend")}
-    published = {p.model: p.version for p in publish_run(tiny_run, repository, triton_url=server.http_url, progress=lambda m: None)}
+    published = {p.model: p.version for p in publish_run(tiny_run, repository, triton_url=triton.http_url, progress=lambda m: None)}
     assert list(published)[-3:] == ["ad_ctr", "recommend", "feed_candidates"]  # the ensemble last, after both
     assert all(published[m] == before[m] + 1 for m in before) and published["feed_candidates"] == 1
     got = via_ensemble(client, calls[2])  # the same run again: the same answer from the new versions

@@ -39,10 +39,10 @@ def _call(client: RecommendClient, req, **kw):
     )
 
 
-def _parity(server, tiny_bundle, heldout, protocol="grpc"):
+def _parity(triton, tiny_bundle, heldout, protocol="grpc"):
     reqs, targets = heldout
     ref = ReferencePipeline(tiny_bundle)
-    url = server.grpc_url if protocol == "grpc" else server.http_url
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
     client = RecommendClient(url, protocol)
     same, hit_ref, hit_srv = 0, 0, 0
     for i, r in enumerate(reqs):
@@ -59,28 +59,28 @@ def _parity(server, tiny_bundle, heldout, protocol="grpc"):
     return same / len(reqs), hit_ref / len(reqs), hit_srv / len(reqs)
 
 
-def test_top10_matches_the_pytorch_reference(server, tiny_bundle, heldout):
-    same, recall_ref, recall_srv = _parity(server, tiny_bundle, heldout)
+def test_top10_matches_the_pytorch_reference(triton, tiny_bundle, heldout):
+    same, recall_ref, recall_srv = _parity(triton, tiny_bundle, heldout)
     assert same >= 0.99, f"only {same:.1%} of {N_USERS} users get the reference's top 10"
     assert abs(recall_ref - recall_srv) <= 0.005
 
 
-def test_returning_user_hits_the_encoder_cache_with_the_same_answer(server, heldout):
-    client = RecommendClient(server.grpc_url)
+def test_returning_user_hits_the_encoder_cache_with_the_same_answer(triton, heldout):
+    client = RecommendClient(triton.grpc_url)
     req = heldout[0][3]
     h = req.history
     cold = client.recommend(h.item, h.action, h.timestamp, h.device, request_time=req.ctx_time)  # no user id: no cache
     early = client.recommend(h.item[:-2], h.action[:-2], h.timestamp[:-2], h.device[:-2], user_id="returning", request_time=req.ctx_time)
-    before = _metric(server, "genrec_encoder_cache_hits_total", settle_s=metrics_settle_s())
+    before = _metric(triton, "genrec_encoder_cache_hits_total", settle_s=metrics_settle_s())
     warm = client.recommend(h.item, h.action, h.timestamp, h.device, user_id="returning", request_time=req.ctx_time)
-    assert _metric_reaches(server, "genrec_encoder_cache_hits_total", before + 1) == before + 1
+    assert _metric_reaches(triton, "genrec_encoder_cache_hits_total", before + 1) == before + 1
     np.testing.assert_array_equal(warm.items, cold.items)
     np.testing.assert_allclose(warm.scores, cold.scores, atol=1e-4)
     assert not np.array_equal(early.items, [])
 
 
-def test_excluded_items_are_never_returned(server, heldout):
-    client = RecommendClient(server.http_url, "http")
+def test_excluded_items_are_never_returned(triton, heldout):
+    client = RecommendClient(triton.http_url, "http")
     req = heldout[0][5]
     first = _call(client, req)
     blocked = first.items[:5]
@@ -89,7 +89,7 @@ def test_excluded_items_are_never_returned(server, heldout):
     import tritonclient.http as http
 
     param = (
-        http.InferenceServerClient(server.http_url)
+        http.InferenceServerClient(triton.http_url)
         .infer(
             "recommend",
             client_inputs(client, req),
@@ -117,8 +117,8 @@ def client_inputs(client, req):
     return out
 
 
-def test_cold_start_user_gets_popular_items(server, tiny_bundle):
-    client = RecommendClient(server.grpc_url)
+def test_cold_start_user_gets_popular_items(triton, tiny_bundle):
+    client = RecommendClient(triton.grpc_url)
     r = client.recommend([], [], [], [], segment=1, request_time=1_767_225_600)
     assert len(r.items) == tiny_bundle.cfg.pipeline.final_k
     assert len(set(r.items.tolist())) == len(r.items)
@@ -137,8 +137,8 @@ def test_cold_start_user_gets_popular_items(server, tiny_bundle):
         ({"actions": [0, 1]}, "history_actions"),
     ],
 )
-def test_bad_input_gets_invalid_argument_and_the_server_keeps_serving(server, kwargs, needle):
-    client = RecommendClient(server.grpc_url)
+def test_bad_input_gets_invalid_argument_and_the_server_keeps_serving(triton, kwargs, needle):
+    client = RecommendClient(triton.grpc_url)
     args = {"items": [1], "actions": [0], "timestamps": [1.7e9], "devices": [0]}
     call = {k: kwargs.pop(k) for k in list(kwargs) if k in args}
     with pytest.raises(RecommendError) as e:
@@ -147,18 +147,18 @@ def test_bad_input_gets_invalid_argument_and_the_server_keeps_serving(server, kw
     assert len(client.recommend(**args).items) > 0
 
 
-def test_history_over_the_cap_is_refused(server, tiny_bundle):
+def test_history_over_the_cap_is_refused(triton, tiny_bundle):
     n = tiny_bundle.cfg.pipeline.max_history_events + 1
     with pytest.raises(RecommendError) as e:
-        RecommendClient(server.grpc_url).recommend(np.ones(n), np.zeros(n), 1.7e9 + np.arange(n), np.zeros(n))
+        RecommendClient(triton.grpc_url).recommend(np.ones(n), np.zeros(n), 1.7e9 + np.arange(n), np.zeros(n))
     assert e.value.invalid_argument and str(tiny_bundle.cfg.pipeline.max_history_events) in str(e.value)
 
 
-def test_wrong_dtype_is_refused_by_triton(server):
+def test_wrong_dtype_is_refused_by_triton(triton):
     import tritonclient.grpc as grpc
     from tritonclient.utils import InferenceServerException
 
-    c = grpc.InferenceServerClient(server.grpc_url)
+    c = grpc.InferenceServerClient(triton.grpc_url)
     ins = []
     for name, arr, dt in (
         ("history_items", np.array([1], np.int32), "INT32"),
@@ -173,23 +173,23 @@ def test_wrong_dtype_is_refused_by_triton(server):
         c.infer("recommend", ins)
 
 
-def _metric(server, name: str, settle_s: float = 0.0) -> float:
-    text = scrape_metrics(server.metrics_url, settle_s)
+def _metric(triton, name: str, settle_s: float = 0.0) -> float:
+    text = scrape_metrics(triton.metrics_url, settle_s)
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-def _metric_reaches(server, name: str, want: float, timeout_s: float = 5.0) -> float:
+def _metric_reaches(triton, name: str, want: float, timeout_s: float = 5.0) -> float:
     """The metric once it reaches ``want`` (custom metrics arrive from a background flush), or its
     value at the deadline (it must not overshoot later either: the caller compares)."""
     deadline = time.monotonic() + timeout_s
-    while (value := _metric(server, name)) < want and time.monotonic() < deadline:
+    while (value := _metric(triton, name)) < want and time.monotonic() < deadline:
         time.sleep(0.1)
     return value
 
 
-def test_custom_metrics_are_on_the_metrics_port(server, heldout):
-    _call(RecommendClient(server.grpc_url), heldout[0][0], user_id="metrics-user")
-    text = scrape_metrics(server.metrics_url, metrics_settle_s())
+def test_custom_metrics_are_on_the_metrics_port(triton, heldout):
+    _call(RecommendClient(triton.grpc_url), heldout[0][0], user_id="metrics-user")
+    text = scrape_metrics(triton.metrics_url, metrics_settle_s())
     for name in (
         "genrec_recommend_stage_duration_seconds_bucket",
         "genrec_recommend_candidates_bucket",
@@ -202,14 +202,14 @@ def test_custom_metrics_are_on_the_metrics_port(server, heldout):
         assert name in text, name
     for stage in ("encode", "generate", "retrieve", "prerank", "rank"):
         assert f'stage="{stage}"' in text
-    assert _metric(server, "genrec_encoder_cache_bytes") > 0
-    assert _metric(server, "genrec_beams_pruned_total") > 0
+    assert _metric(triton, "genrec_encoder_cache_bytes") > 0
+    assert _metric(triton, "genrec_beams_pruned_total") > 0
 
 
-def test_bls_execution_gives_the_same_answers(repository, triton_server, tiny_bundle, heldout, server):
+def test_bls_execution_gives_the_same_answers(repository, triton_server, tiny_bundle, heldout, triton):
     bls = triton_server(repository, GENREC_SERVING__EXECUTION="bls")
     try:
-        a, b = RecommendClient(server.grpc_url), RecommendClient(bls.grpc_url)
+        a, b = RecommendClient(triton.grpc_url), RecommendClient(bls.grpc_url)
         for req in heldout[0][:20]:
             x, y = _call(a, req), _call(b, req)
             np.testing.assert_array_equal(x.items, y.items)
@@ -218,11 +218,11 @@ def test_bls_execution_gives_the_same_answers(repository, triton_server, tiny_bu
         bls.stop()
 
 
-def test_encoder_states_in_redis_through_triton(repository, triton_server, heldout, redis_url, server):
+def test_encoder_states_in_redis_through_triton(repository, triton_server, heldout, redis_url, triton):
     pytest.importorskip("redis")
     srv = triton_server(repository, GENREC_SERVING__STATE_STORE="redis", GENREC_SERVING__REDIS_URL=redis_url)
     try:
-        client, plain = RecommendClient(srv.grpc_url), RecommendClient(server.grpc_url)
+        client, plain = RecommendClient(srv.grpc_url), RecommendClient(triton.grpc_url)
         req = heldout[0][7]
         h = req.history
         client.recommend(h.item[:-1], h.action[:-1], h.timestamp[:-1], h.device[:-1], user_id="redis-user", request_time=req.ctx_time)

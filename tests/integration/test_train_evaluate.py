@@ -13,7 +13,16 @@ from genrec.evaluate import main as evaluate_main
 
 pytestmark = pytest.mark.integration
 
-METHODS = {"popularity", "sasrec", "ann_only", "generation_only", "cascade", "cascade_compression_on", "cascade_compression_off"}
+METHODS = {
+    "popularity",
+    "sasrec",
+    "ann_only",
+    "generation_only",
+    "transitions_only",
+    "cascade",
+    "cascade_compression_on",
+    "cascade_compression_off",
+}
 
 
 def test_run_folder_is_complete_and_versioned(tiny_run):

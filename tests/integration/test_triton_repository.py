@@ -35,19 +35,19 @@ def _inputs(module, feeds: dict[str, np.ndarray], contract) -> list:
     return out
 
 
-def _infer(server, model: str, feeds: dict[str, np.ndarray], cfg, protocol: str = "http"):
+def _infer(triton, model: str, feeds: dict[str, np.ndarray], cfg, protocol: str = "http"):
     contract = next(c for c in all_contracts(cfg) if c.name == model)
     if protocol == "grpc":
-        client = tritonclient_grpc.InferenceServerClient(server.grpc_url)
+        client = tritonclient_grpc.InferenceServerClient(triton.grpc_url)
         res = client.infer(model, _inputs(tritonclient_grpc, feeds, contract))
     else:
-        client = tritonclient_http.InferenceServerClient(server.http_url)
+        client = tritonclient_http.InferenceServerClient(triton.http_url)
         res = client.infer(model, _inputs(tritonclient_http, feeds, contract))
     return [res.as_numpy(t.name) for t in contract.outputs], res
 
 
-def test_every_model_is_ready_with_its_generated_config(server, repository, tiny_bundle):
-    client = tritonclient_http.InferenceServerClient(server.http_url)
+def test_every_model_is_ready_with_its_generated_config(triton, repository, tiny_bundle):
+    client = tritonclient_http.InferenceServerClient(triton.http_url)
     for c in all_contracts(tiny_bundle.cfg):
         assert client.is_model_ready(c.name), c.name
         assert (repository / c.name / "config.pbtxt").read_text() == render(c)
@@ -57,7 +57,7 @@ def test_every_model_is_ready_with_its_generated_config(server, repository, tiny
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol):
+def test_served_models_match_the_pytorch_reference(triton, tiny_bundle, protocol):
     from genrec.data.split import leave_last_out
     from genrec.evaluate import dataset_of
     from genrec.exporters.graphs import DecoderCrossKVGraph, DecoderStepGraph, EncoderBlockGraph
@@ -72,7 +72,7 @@ def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol
     enc_g = EncoderBlockGraph(b.encoder).eval()
     names = [t.name for t in all_contracts(b.cfg)[0].inputs]
     for feeds in encoder_cases(b, [r.history for r in reqs], seed=5):
-        got, _ = _infer(server, "ugt_encoder", feeds, b.cfg, protocol)
+        got, _ = _infer(triton, "ugt_encoder", feeds, b.cfg, protocol)
         with torch.no_grad():
             want = enc_g(*(torch.from_numpy(feeds[n]) for n in names))
         for g, w in zip(got, want):
@@ -80,7 +80,7 @@ def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol
 
     pipe = ReferencePipeline(b)
     enc = pipe.encode(reqs[:2])
-    (ck, cv), _ = _infer(server, "decoder_cross_kv", {"memory": enc.memory.numpy()}, b.cfg, protocol)
+    (ck, cv), _ = _infer(triton, "decoder_cross_kv", {"memory": enc.memory.numpy()}, b.cfg, protocol)
     with torch.no_grad():
         wk, wv = DecoderCrossKVGraph(b.decoder)(enc.memory)
     np.testing.assert_allclose(ck, wk.numpy(), atol=TOL)
@@ -97,19 +97,19 @@ def test_served_models_match_the_pytorch_reference(server, tiny_bundle, protocol
         "cross_v": cv,
         "cross_bias": enc.memory_logw.numpy(),
     }
-    got, _ = _infer(server, "decoder_step", feeds, b.cfg, protocol)
+    got, _ = _infer(triton, "decoder_step", feeds, b.cfg, protocol)
     with torch.no_grad():
         want = step_g(*(torch.from_numpy(feeds[t.name]) for t in all_contracts(b.cfg)[2].inputs))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), atol=TOL)
 
     _, traces = pipe.traces(reqs[:1])
-    (score,), _ = _infer(server, "ranker", {"features": traces[0].features}, b.cfg, protocol)
+    (score,), _ = _infer(triton, "ranker", {"features": traces[0].features}, b.cfg, protocol)
     np.testing.assert_allclose(score[:, 0], b.ranker.predict(traces[0].features), atol=TOL)
 
 
-def test_bad_inputs_get_a_kserve_error_naming_the_input(server, tiny_bundle):
-    client = tritonclient_http.InferenceServerClient(server.http_url)
+def test_bad_inputs_get_a_kserve_error_naming_the_input(triton, tiny_bundle):
+    client = tritonclient_http.InferenceServerClient(triton.http_url)
     wrong_dtype = tritonclient_http.InferInput("features", [3, 14], "FP64")
     wrong_dtype.set_data_from_numpy(np.zeros((3, 14), np.float64))
     with pytest.raises(tritonclient_http.InferenceServerException, match="features"):
@@ -127,7 +127,7 @@ def test_bad_inputs_get_a_kserve_error_naming_the_input(server, tiny_bundle):
     assert client.infer("ranker", [ok]).as_numpy("score").shape == (2, 1)  # still serving
 
 
-def test_a_direct_graph_call_over_a_contract_cap_is_refused(server, tiny_bundle):
+def test_a_direct_graph_call_over_a_contract_cap_is_refused(triton, tiny_bundle):
     """The caps in the generated config are enforced by the pip runtime's backend, not comments."""
     dc = tiny_bundle.cfg.decoder
     dh = dc.d_model // dc.n_heads
@@ -145,8 +145,8 @@ def test_a_direct_graph_call_over_a_contract_cap_is_refused(server, tiny_bundle)
         "cross_bias": np.zeros((1, 4), np.float32),
     }
     with pytest.raises(tritonclient_http.InferenceServerException, match=f"'codes': dim 1 is {beams}, over the cap"):
-        _infer(server, "decoder_step", feeds, tiny_bundle.cfg)
-    client = tritonclient_http.InferenceServerClient(server.http_url)
+        _infer(triton, "decoder_step", feeds, tiny_bundle.cfg)
+    client = tritonclient_http.InferenceServerClient(triton.http_url)
     assert client.is_model_ready("decoder_step")
 
 
@@ -182,10 +182,10 @@ class LoadLoop:
         self.thread.join(10)
 
 
-def test_publish_and_rollback_under_load_lose_no_request(server, repository, tiny_run, tiny_bundle):
+def test_publish_and_rollback_under_load_lose_no_request(triton, repository, tiny_run, tiny_bundle):
     before = version_numbers(repository / "ranker")[-1]
-    with LoadLoop(server.http_url) as loop:
-        published = publish_run(tiny_run, repository, triton_url=server.http_url, progress=lambda m: None)
+    with LoadLoop(triton.http_url) as loop:
+        published = publish_run(tiny_run, repository, triton_url=triton.http_url, progress=lambda m: None)
         new = next(p.version for p in published if p.model == "ranker")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not loop.versions or loop.versions[-1] != str(new)):
@@ -194,8 +194,8 @@ def test_publish_and_rollback_under_load_lose_no_request(server, repository, tin
     assert not loop.failures, loop.failures[:3]
     assert str(before) in loop.versions and loop.versions[-1] == str(new)  # N served until N+1 took over
 
-    with LoadLoop(server.http_url) as loop:
-        serving = rollback(repository, "ranker", server.http_url)
+    with LoadLoop(triton.http_url) as loop:
+        serving = rollback(repository, "ranker", triton.http_url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and loop.versions[-1] != str(serving):
             time.sleep(0.2)
@@ -206,7 +206,7 @@ def test_publish_and_rollback_under_load_lose_no_request(server, repository, tin
 
 
 @pytest.fixture
-def ranker_copy(server, repository, tiny_bundle, request):
+def ranker_copy(triton, repository, tiny_bundle, request):
     """A copy of the ranker's model folder under its own name, loaded: broken-model tests break
     the copy, never the folder the other tests serve from."""
     from dataclasses import replace
@@ -217,41 +217,41 @@ def ranker_copy(server, repository, tiny_bundle, request):
     folder = repository / c.name
     shutil.copytree(repository / "ranker", folder)
     (folder / "config.pbtxt").write_text(render(c))
-    load(server.http_url, c.name)
+    load(triton.http_url, c.name)
     return c
 
 
-def _score_one(server, model: str):
-    client = tritonclient_http.InferenceServerClient(server.http_url)
+def _score_one(triton, model: str):
+    client = tritonclient_http.InferenceServerClient(triton.http_url)
     x = tritonclient_http.InferInput("features", [1, 14], "FP32")
     x.set_data_from_numpy(np.zeros((1, 14), np.float32))
     return client.infer(model, [x])
 
 
-def test_broken_publishes_are_refused_and_serving_is_untouched(server, repository, ranker_copy, tmp_path):
+def test_broken_publishes_are_refused_and_serving_is_untouched(triton, repository, ranker_copy, tmp_path):
     c = ranker_copy
     versions_before = version_numbers(repository / c.name)
     good = repository / c.name / str(versions_before[-1]) / "model.onnx"
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(PublishError, match="does not load"):
-        publish_file(repository, c, truncated, {}, server.http_url)
+        publish_file(repository, c, truncated, {}, triton.http_url)
     wrong_graph = repository / "decoder_cross_kv" / "1" / "model.onnx"
     with pytest.raises(PublishError, match="do not match the contract"):
-        publish_file(repository, c, wrong_graph, {}, server.http_url)
+        publish_file(repository, c, wrong_graph, {}, triton.http_url)
     with pytest.raises(PublishError, match="parity"):
-        publish_file(repository, c, good, {"parity": {"ok": False, "max_abs_err": 1.0, "tolerance": 1e-4}}, server.http_url)
+        publish_file(repository, c, good, {"parity": {"ok": False, "max_abs_err": 1.0, "tolerance": 1e-4}}, triton.http_url)
     # a repository config that disagrees with the model's contract (the copy's, not the served ranker's)
     cfg_file = repository / c.name / "config.pbtxt"
     cfg_file.write_text(cfg_file.read_text().replace("max_batch_size: 1024", "max_batch_size: 8"))
     with pytest.raises(PublishError, match="does not match"):
-        publish_file(repository, c, good, {}, server.http_url)
+        publish_file(repository, c, good, {}, triton.http_url)
     assert version_numbers(repository / c.name) == versions_before
-    assert _score_one(server, c.name).get_response()["model_version"] == str(versions_before[-1])
-    assert _score_one(server, "ranker").as_numpy("score").shape == (1, 1)  # the shared model never noticed
+    assert _score_one(triton, c.name).get_response()["model_version"] == str(versions_before[-1])
+    assert _score_one(triton, "ranker").as_numpy("score").shape == (1, 1)  # the shared model never noticed
 
 
-def test_a_version_that_fails_to_load_leaves_the_old_one_serving(server, repository, ranker_copy, tmp_path, monkeypatch):
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(triton, repository, ranker_copy, tmp_path, monkeypatch):
     """An ONNX file that passes the local checks but fails in Triton is retired again."""
     import genrec.exporters.publish as pub
 
@@ -267,11 +267,11 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(server, reposit
         pub, "check_config", lambda model_dir, contract: cfg_file.write_text(good_config.replace('name: "score"', 'name: "score_missing"'))
     )
     with pytest.raises(PublishError, match="refused to load"):
-        publish_file(repository, c, staged, {}, server.http_url)
+        publish_file(repository, c, staged, {}, triton.http_url)
     assert version_numbers(repository / c.name) == versions_before
     cfg_file.write_text(good_config)
-    pub.load(server.http_url, c.name)
-    assert _score_one(server, c.name).get_response()["model_version"] == str(versions_before[-1])
+    pub.load(triton.http_url, c.name)
+    assert _score_one(triton, c.name).get_response()["model_version"] == str(versions_before[-1])
 
 
 def test_int8_is_a_publishable_option_checked_against_fp32(tiny_run, tmp_path):

@@ -25,6 +25,8 @@ def _candidates(rng: np.random.Generator, n: int) -> Candidates:
         in_gen,
         rng.normal(size=n),
         ~in_gen | (rng.random(n) < 0.3),
+        np.zeros(n, dtype=bool),
+        np.zeros(n),
     )
 
 

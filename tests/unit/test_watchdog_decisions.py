@@ -232,19 +232,19 @@ class FakeProc:
 
 
 class FakeServer:
-    """``supervise``'s view of a TritonServer: its process, lock, restart() and restart_failed."""
+    """``supervise``'s view of a TritonServer: its process, lock, restart() and exit_reason."""
 
     def __init__(self, codes: list[int], restart_ok: bool = True) -> None:
         import threading
 
         self.codes, self.restart_ok, self.restarts = list(codes), restart_ok, 0
-        self.lock, self.restart_failed, self.gave_up = threading.RLock(), False, False
+        self.lock, self.exit_reason = threading.RLock(), None
         self.proc = FakeProc(self.codes.pop(0))
 
     def restart(self) -> None:
         self.restarts += 1
         if not self.restart_ok:
-            self.restart_failed = True
+            self.exit_reason = "restart_failed"
             raise RuntimeError("tritonserver exited with code 1")
         self.proc = FakeProc(self.codes.pop(0))
 
@@ -284,7 +284,7 @@ def test_supervise_waits_on_through_a_watchdog_restart_and_exits_after_a_failed_
     old = server.proc
 
     def watchdog_restarts_it():  # the watchdog replaced the process while the launcher waited on the old one
-        server.proc = FakeProc(0, on_wait=lambda: setattr(server, "restart_failed", False))
+        server.proc = FakeProc(0, on_wait=lambda: setattr(server, "exit_reason", None))
         old.on_wait = None
 
     old.on_wait = watchdog_restarts_it
@@ -292,12 +292,12 @@ def test_supervise_waits_on_through_a_watchdog_restart_and_exits_after_a_failed_
     assert _supervise(server) == (0, [("server_exited", "exit")])  # not restarted by the launcher: the new one exited cleanly
 
     failed = FakeServer([-15])
-    failed.restart_failed = True  # the watchdog's restart could not start a new one
+    failed.exit_reason = "restart_failed"  # the watchdog's restart could not start a new one
     code, events = _supervise(failed)
     assert code == -15 and events == [("server_exited", "exit")] and failed.restarts == 0
 
     spent = FakeServer([-15])
-    spent.gave_up = True  # the watchdog's restart budget was spent: it stopped the server
+    spent.exit_reason = "restart_budget_spent"  # the watchdog's restart budget was spent: it stopped the server
     assert _supervise(spent) == (-15, [("server_exited", "exit")]) and spent.restarts == 0
 
 
