@@ -20,6 +20,7 @@ import numpy as np
 
 from genrec.artifacts import machine, now_iso, versions, write_json
 from genrec.bundle import load_bundle
+from genrec.ensemble.ranking_features import N_FEATURES
 from genrec.exporters.onnx_export import export_ranker, p50_ms, session
 
 
@@ -45,7 +46,7 @@ def main() -> int:
     torch.set_num_threads(2)
     b = load_bundle(a.run)
     rng = np.random.default_rng(0)
-    x100 = rng.normal(size=(100, 14)).astype(np.float32)
+    x100 = rng.normal(size=(100, N_FEATURES)).astype(np.float32)
     x1 = x100[:1]
     ref = b.ranker.predict(x100)
     rows = []

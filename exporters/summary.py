@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.artifacts import machine, now_iso, versions, write_json
+from genrec.ensemble.ranking_features import N_FEATURES
 from genrec.exporters.onnx_export import p50_ms, session
 from genrec.settings import Config
 
@@ -71,8 +72,8 @@ def representative_feeds(cfg: Config) -> dict[str, dict[str, dict[str, np.ndarra
         },
         "decoder_step": {"batch1": step(0, 1, 1), "typical": step(2, w0, w1)},
         "ranker": {
-            "batch1": {"features": rng.normal(size=(1, 14)).astype(np.float32)},
-            "typical": {"features": rng.normal(size=(cfg.pipeline.prerank_keep, 14)).astype(np.float32)},
+            "batch1": {"features": rng.normal(size=(1, N_FEATURES)).astype(np.float32)},
+            "typical": {"features": rng.normal(size=(cfg.pipeline.prerank_keep, N_FEATURES)).astype(np.float32)},
         },
         # one candidate, and one microbatch of candidates, against a returning user's memory (+ CTX)
         "target_prerank": {

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from genrec.contracts import all_contracts, ranker_contract
+from genrec.ensemble.ranking_features import N_FEATURES
 from genrec.exporters.pbtxt import render
 from genrec.exporters.publish import PublishError, publish_file, publish_run, rollback, version_numbers
 
@@ -110,20 +111,20 @@ def test_served_models_match_the_pytorch_reference(triton, tiny_bundle, protocol
 
 def test_bad_inputs_get_a_kserve_error_naming_the_input(triton, tiny_bundle):
     client = tritonclient_http.InferenceServerClient(triton.http_url)
-    wrong_dtype = tritonclient_http.InferInput("features", [3, 14], "FP64")
-    wrong_dtype.set_data_from_numpy(np.zeros((3, 14), np.float64))
+    wrong_dtype = tritonclient_http.InferInput("features", [3, N_FEATURES], "FP64")
+    wrong_dtype.set_data_from_numpy(np.zeros((3, N_FEATURES), np.float64))
     with pytest.raises(tritonclient_http.InferenceServerException, match="features"):
         client.infer("ranker", [wrong_dtype])
-    wrong_shape = tritonclient_http.InferInput("features", [3, 13], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((3, 13), np.float32))
+    wrong_shape = tritonclient_http.InferInput("features", [3, N_FEATURES - 1], "FP32")
+    wrong_shape.set_data_from_numpy(np.zeros((3, N_FEATURES - 1), np.float32))
     with pytest.raises(tritonclient_http.InferenceServerException, match="features"):
         client.infer("ranker", [wrong_shape])
-    over_cap = tritonclient_http.InferInput("features", [5000, 14], "FP32")  # max_batch_size 1024
-    over_cap.set_data_from_numpy(np.zeros((5000, 14), np.float32))
+    over_cap = tritonclient_http.InferInput("features", [5000, N_FEATURES], "FP32")  # max_batch_size 1024
+    over_cap.set_data_from_numpy(np.zeros((5000, N_FEATURES), np.float32))
     with pytest.raises(tritonclient_http.InferenceServerException, match="batch"):
         client.infer("ranker", [over_cap])
-    ok = tritonclient_http.InferInput("features", [2, 14], "FP32")
-    ok.set_data_from_numpy(np.zeros((2, 14), np.float32))
+    ok = tritonclient_http.InferInput("features", [2, N_FEATURES], "FP32")
+    ok.set_data_from_numpy(np.zeros((2, N_FEATURES), np.float32))
     assert client.infer("ranker", [ok]).as_numpy("score").shape == (2, 1)  # still serving
 
 
@@ -158,8 +159,8 @@ class LoadLoop:
         self.failures: list[str] = []
         self.versions: list[str] = []
         self.stop = threading.Event()
-        x = tritonclient_http.InferInput("features", [100, 14], "FP32")
-        x.set_data_from_numpy(np.random.default_rng(0).normal(size=(100, 14)).astype(np.float32))
+        x = tritonclient_http.InferInput("features", [100, N_FEATURES], "FP32")
+        x.set_data_from_numpy(np.random.default_rng(0).normal(size=(100, N_FEATURES)).astype(np.float32))
         self.inp = x
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -223,8 +224,8 @@ def ranker_copy(triton, repository, tiny_bundle, request):
 
 def _score_one(triton, model: str):
     client = tritonclient_http.InferenceServerClient(triton.http_url)
-    x = tritonclient_http.InferInput("features", [1, 14], "FP32")
-    x.set_data_from_numpy(np.zeros((1, 14), np.float32))
+    x = tritonclient_http.InferInput("features", [1, N_FEATURES], "FP32")
+    x.set_data_from_numpy(np.zeros((1, N_FEATURES), np.float32))
     return client.infer(model, [x])
 
 

@@ -61,16 +61,17 @@ def test_excluded_and_options():
 
 
 def test_ranker_features_must_be_finite_and_shaped():
+    from genrec.ensemble.ranking_features import N_FEATURES
     from genrec.ranker import check_features
 
-    good = np.zeros((3, 14), np.float32)
+    good = np.zeros((3, N_FEATURES), np.float32)
     assert check_features(good) is good
     bad = good.copy()
     bad[1, 3] = np.nan
     with pytest.raises(InvalidValueError, match="ann_sim of candidate 1"):
         check_features(bad)
     with pytest.raises(InvalidValueError, match="shape"):
-        check_features(np.zeros((3, 13), np.float32))
+        check_features(np.zeros((3, N_FEATURES - 1), np.float32))
 
 
 def test_options_arrive_as_request_parameter_strings():
