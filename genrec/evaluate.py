@@ -64,6 +64,17 @@ def default_exclude_seen(bundle: ModelBundle) -> bool:
     return bundle.manifest.get("movielens_path") is not None
 
 
+# the table's rows (the compression ones: the cascade with compression as configured, and flipped)
+METHODS = (
+    "popularity",
+    "sasrec",
+    "ann_only",
+    "generation_only",
+    "transitions_only",
+    "cascade",
+    "cascade_compression_on",
+    "cascade_compression_off",
+)
 STAGES = ("candidates", "prerank", "final")
 SOURCES = ("all", "generation", "ann", "transitions")
 
